@@ -1,0 +1,3 @@
+from vla_train.cli import main
+
+raise SystemExit(main())
