@@ -73,7 +73,6 @@ class PeerSpec:
             "name": self.name,
             "python": self.python,
             "requirements": list(self.requirements),
-            "editable": [str(REPO_ROOT / "packages" / p) for p in OUR_PACKAGES],
             "format": 2,  # 2: installs with --compile-bytecode
         }
 
@@ -159,8 +158,12 @@ def _spec(name: str) -> PeerSpec:
 
 
 def _ours_fingerprint() -> str:
-    """Hash of our packages' pyproject.toml files: dependency/entry-point edits need a re-install."""
-    h = hashlib.sha256()
+    """Hash of our packages' location and pyproject.toml files.
+
+    A different checkout (another clone or worktree) or a dependency / entry-point edit needs only
+    our four editable packages re-installed, not a new venv.
+    """
+    h = hashlib.sha256(str(REPO_ROOT).encode())
     for pkg in OUR_PACKAGES:
         pp = REPO_ROOT / "packages" / pkg / "pyproject.toml"
         h.update(pkg.encode())
@@ -183,7 +186,8 @@ def state(name: str) -> str:
     marker = _read_marker(name)
     if marker is None or not venv_python(name).exists():
         return "incomplete"
-    if marker.get("spec") != _spec(name).fingerprint():
+    recorded = {k: v for k, v in (marker.get("spec") or {}).items() if k != "editable"}  # older markers
+    if recorded != _spec(name).fingerprint():
         return "stale"
     if marker.get("ours") != _ours_fingerprint():
         return "stale-ours"
@@ -316,7 +320,7 @@ def _create(name: str, *, recreate: bool, verbose: bool) -> None:
                     f"peer {name}: `uv venv` failed (rc={rc}); log {log_file}; tail:\n{_tail(log_file)}"
                 )
         else:
-            _say(f"[peer_env] {name}: our packages' pyproject.toml changed; re-installing; log: {log_file}")
+            _say(f"[peer_env] {name}: our packages moved or changed; re-installing them; log: {log_file}")
         # Precompiled .pyc matter: PYTHONDONTWRITEBYTECODE=1 would otherwise recompile torch and
         # transformers on every peer start (tens of seconds).
         cmd = [
