@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
@@ -108,6 +109,29 @@ def load_resnet_weights(resnet: nn.Module, path: str) -> None:
     resnet.load_state_dict(tensors, strict=True)
 
 
+def conv_bn(x: Tensor, conv: nn.Conv2d, bn: nn.Module) -> Tensor:
+    """bn(conv(x)); a frozen BatchNorm is folded into the convolution's weight and bias (one pass
+    over the activations instead of three; gradients still reach ``conv.weight``)."""
+    if not isinstance(bn, FrozenBatchNorm2d):
+        return bn(conv(x))
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    weight = conv.weight * scale[:, None, None, None]
+    bias = bn.bias - bn.running_mean * scale
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def run_block(block: nn.Module, x: Tensor) -> Tensor:
+    """A torchvision BasicBlock / Bottleneck forward through :func:`conv_bn`."""
+    identity = x if block.downsample is None else conv_bn(x, block.downsample[0], block.downsample[1])
+    out = F.relu(conv_bn(x, block.conv1, block.bn1))
+    if hasattr(block, "conv3"):  # Bottleneck
+        out = F.relu(conv_bn(out, block.conv2, block.bn2))
+        out = conv_bn(out, block.conv3, block.bn3)
+    else:
+        out = conv_bn(out, block.conv2, block.bn2)
+    return F.relu(out + identity)
+
+
 @BACKBONES.register("resnet_act")
 class ResNetACTBackbone(Backbone):
     """Images -> ResNet layer4 maps -> 1x1 conv -> tokens (B, n_cams * h * w, dim_model) + positions.
@@ -141,8 +165,10 @@ class ResNetACTBackbone(Backbone):
     def feature_map(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, dim_model, h, w) with h, w = H/32, W/32 (H/16, W/16 with dilation)."""
         r = self.resnet
-        x = r.maxpool(r.relu(r.bn1(r.conv1(images))))
-        x = r.layer4(r.layer3(r.layer2(r.layer1(x))))
+        x = r.maxpool(F.relu(conv_bn(images, r.conv1, r.bn1)))
+        for layer in (r.layer1, r.layer2, r.layer3, r.layer4):
+            for block in layer:
+                x = run_block(block, x)
         return self.proj(x)
 
     def positions(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -134,7 +134,7 @@ class ACTVAEHead(ActionHead):
         x = torch.cat(tokens, dim=1)  # (B, 1 (+1) + H, D)
         n_fixed = x.shape[1] - action.shape[1]
         valid = torch.cat([is_pad.new_ones(bsz, n_fixed), ~is_pad], dim=1)
-        cls = self.vae_encoder(x, self.vae_pos_embed, valid)[:, 0]
+        cls = self.vae_encoder(x, self.vae_pos_embed, valid, first_only=True)[:, 0]
         mu, log_var = self.vae_latent_proj(cls).chunk(2, dim=-1)
         return mu, log_var
 

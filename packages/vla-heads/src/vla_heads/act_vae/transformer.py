@@ -93,15 +93,21 @@ class EncoderLayer(_Block):
         self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
         self.pre_norm = pre_norm
 
-    def forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None = None) -> Tensor:
-        """x (B, L, D), pos (B or 1, L, D) added to queries and keys, mask (B, L) True = valid."""
+    def forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None = None, *, first_only: bool = False) -> Tensor:
+        """x (B, L, D), pos (B or 1, L, D) added to queries and keys, mask (B, L) True = valid.
+
+        ``first_only``: return only the first token's output (B, 1, D), skipping the other rows'
+        queries and feed-forward (their keys and values are still used).
+        """
         if self.pre_norm:
             y = self.norm1(x)
             qk = y if pos is None else y + pos
-            x = x + self.dropout1(self.self_attn(qk, qk, y, mask))
+            q, x = (qk[:, :1], x[:, :1]) if first_only else (qk, x)
+            x = x + self.dropout1(self.self_attn(q, qk, y, mask))
             return x + self.dropout2(self.ff(self.norm2(x)))
         qk = x if pos is None else x + pos
-        x = self.norm1(x + self.dropout1(self.self_attn(qk, qk, x, mask)))
+        q, skip = (qk[:, :1], x[:, :1]) if first_only else (qk, x)
+        x = self.norm1(skip + self.dropout1(self.self_attn(q, qk, x, mask)))
         return self.norm2(x + self.dropout2(self.ff(x)))
 
 
@@ -116,9 +122,12 @@ class Encoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dim) if pre_norm else nn.Identity()
 
-    def forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None = None) -> Tensor:
-        for layer in self.layers:
-            x = layer(x, pos, mask)
+    def forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None = None, *, first_only: bool = False) -> Tensor:
+        """x (B, L, D) -> (B, L, D), or (B, 1, D) with ``first_only`` (a CLS readout: the last layer
+        then computes the first row alone)."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, pos, mask, first_only=first_only and i == last)
         return self.norm(x)
 
 
