@@ -62,6 +62,9 @@ class ResNetACTConfig(ComponentConfig):
         check_positive(name, dim_model=self.dim_model)
         if not self.image_keys:
             raise ConfigError(f"{name}.image_keys: expected at least one camera key, received {self.image_keys!r}")
+        if self.replace_final_stride_with_dilation and self.variant in ("resnet18", "resnet34"):
+            raise ConfigError(f"{name}.replace_final_stride_with_dilation: torchvision's BasicBlock ({self.variant}) "
+                              "has no dilation; use a bottleneck variant such as resnet50")
         if self.image_shape is not None and self.image_shape[0] != 3:
             raise ConfigError(f"{name}.image_shape: a ResNet takes 3-channel images, received {self.image_shape!r}")
 
