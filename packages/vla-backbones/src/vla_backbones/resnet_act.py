@@ -112,14 +112,29 @@ def load_resnet_weights(resnet: nn.Module, path: str) -> None:
     resnet.load_state_dict(tensors, strict=True)
 
 
+def fold_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Weight (O, I, k, k) and bias (O,) of the convolution followed by the frozen BatchNorm."""
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    return conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+
+
 def conv_bn(x: Tensor, conv: nn.Conv2d, bn: nn.Module) -> Tensor:
     """bn(conv(x)); a frozen BatchNorm is folded into the convolution's weight and bias (one pass
-    over the activations instead of three; gradients still reach ``conv.weight``)."""
+    over the activations instead of three; gradients still reach ``conv.weight``). Without
+    autograd the folded weights are cached on ``conv`` until a tensor involved changes."""
     if not isinstance(bn, FrozenBatchNorm2d):
         return bn(conv(x))
-    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-    weight = conv.weight * scale[:, None, None, None]
-    bias = bn.bias - bn.running_mean * scale
+    if torch.is_grad_enabled() and conv.weight.requires_grad:
+        weight, bias = fold_bn(conv, bn)
+    else:
+        tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        cached = getattr(conv, "_vla_folded", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, *fold_bn(conv, bn))
+            conv._vla_folded = cached
+        weight, bias = cached[1], cached[2]
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
