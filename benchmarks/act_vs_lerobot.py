@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.act.configuration_act import ACTConfig
 from lerobot.policies.act.modeling_act import ACTPolicy

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from vla_core import VLAPolicy
 
 ROOT = Path(__file__).resolve().parents[1]

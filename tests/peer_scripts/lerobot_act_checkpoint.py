@@ -14,12 +14,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-
 from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
 from lerobot.policies.act.configuration_act import ACTConfig
 from lerobot.policies.act.modeling_act import ACTPolicy
 from lerobot.policies.act.processor_act import make_act_pre_post_processors
+from safetensors.torch import save_file
 
 
 def tiny_config(n_cameras: int, env_state: bool, use_vae: bool, pre_norm: bool) -> ACTConfig:

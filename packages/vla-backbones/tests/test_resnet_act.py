@@ -7,7 +7,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
-
 from vla_backbones.resnet_act import ResNetACTBackbone, ResNetACTConfig, sine_pos_embed_2d
 from vla_core import BACKBONES, CheckpointError, ConfigError, PolicyFeature
 from vla_core.testing import check_backbone, random_batch

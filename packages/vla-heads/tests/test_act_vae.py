@@ -6,7 +6,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from vla_core import HEADS, BackboneOutput, ConfigError
 from vla_core.testing import check_head
 from vla_heads.act_vae import ACTVAEConfig, ACTVAEHead

@@ -20,8 +20,15 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
-
-from vla_core import BACKBONES, Backbone, BackboneOutput, CheckpointError, ComponentConfig, ConfigError, load_tensors
+from vla_core import (
+    BACKBONES,
+    Backbone,
+    BackboneOutput,
+    CheckpointError,
+    ComponentConfig,
+    ConfigError,
+    load_tensors,
+)
 from vla_core.config import check_choice, check_positive
 from vla_core.interfaces import Batch
 

@@ -14,13 +14,30 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-
-from vla_core import ACTION, ACTION_IS_PAD, HEADS, OBS_ENV_STATE, OBS_STATE, ActionHead, BackboneOutput, ConfigError
-from vla_core import ComponentConfig, HeadOutput
+from vla_core import (
+    ACTION,
+    ACTION_IS_PAD,
+    HEADS,
+    OBS_ENV_STATE,
+    OBS_STATE,
+    ActionHead,
+    BackboneOutput,
+    ComponentConfig,
+    ConfigError,
+    HeadOutput,
+)
 from vla_core.config import check_choice, check_positive
 from vla_core.interfaces import Batch
-from vla_heads.act_vae.transformer import ACTIVATIONS, Decoder, DecoderLayer, Encoder, EncoderLayer, init_xavier
-from vla_heads.act_vae.transformer import sine_table_1d
+
+from vla_heads.act_vae.transformer import (
+    ACTIVATIONS,
+    Decoder,
+    DecoderLayer,
+    Encoder,
+    EncoderLayer,
+    init_xavier,
+    sine_table_1d,
+)
 
 
 @dataclass(frozen=True, kw_only=True)

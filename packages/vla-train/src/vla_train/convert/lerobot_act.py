@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from vla_core import CheckpointError, ConfigError, VLAPolicy, load_into, load_tensors
 
 # ours <- theirs (vla_core.load_into's ``name_mapping``): whole dotted prefixes.
@@ -87,7 +86,7 @@ def policy_config(lr_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
     has_images = "model.encoder_img_feat_input_proj.weight" in tensors
     if not has_images:
         raise ConfigError("the LeRobot ACT checkpoint has no image backbone; resnet_act needs at least one camera")
-    dim_model, backbone_channels = tensors["model.encoder_img_feat_input_proj.weight"].shape[:2]
+    dim_model = tensors["model.encoder_img_feat_input_proj.weight"].shape[0]
     use_vae = "model.vae_encoder_latent_output_proj.weight" in tensors
     backbone = {
         "type": "resnet_act",
@@ -112,7 +111,7 @@ def policy_config(lr_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
         "dropout": float(lr_config.get("dropout", 0.1)),
         "kl_weight": float(lr_config.get("kl_weight", 10.0)),
     }
-    feats = lambda d: {k: {"type": v["type"], "shape": list(v["shape"])} for k, v in d.items()}  # noqa: E731
+    feats = lambda d: {k: {"type": v["type"], "shape": list(v["shape"])} for k, v in d.items()}
     return {
         "input_features": feats(lr_config["input_features"]),
         "output_features": feats(lr_config["output_features"]),
