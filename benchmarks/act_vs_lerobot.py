@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""ACT: vla (resnet_act + act_vae) vs LeRobot 0.6.1's ACTPolicy, same config and weights, one process.
+
+Run in the LeRobot 0.6.1 peer venv (our packages importable), e.g.::
+
+    PY=$(python benchmarks/peer_env.py -q lerobot-0.6.1)
+    $PY benchmarks/act_vs_lerobot.py [--repeats 5] [--threads 2]
+
+Builds LeRobot's ACTPolicy (ALOHA-like: state 14, action 14, chunk 100, one 3x224x224 camera,
+ACT defaults, random weights and random normalization stats), saves it with its processors,
+converts it with ``vla_train.convert.lerobot_act`` and checks that both give the same
+un-normalized chunk. Then it prints the median time of a training step (batch 8, forward +
+backward + AdamW) and of inference (``predict_action_chunk``, batch 1), and the ratios ours/LeRobot.
+LeRobot is timed on pre-normalized batches (its processors excluded); ours includes normalization.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from lerobot.configs.types import FeatureType, PolicyFeature
+from lerobot.policies.act.configuration_act import ACTConfig
+from lerobot.policies.act.modeling_act import ACTPolicy
+from lerobot.policies.act.processor_act import make_act_pre_post_processors
+from vla_core import VLAPolicy
+from vla_train.convert.lerobot_act import convert
+
+STATE, ACTION, CAMERA = "observation.state", "action", "observation.images.top"
+
+
+def lerobot_policy(seed: int) -> tuple[ACTPolicy, dict]:
+    config = ACTConfig(
+        input_features={
+            STATE: PolicyFeature(type=FeatureType.STATE, shape=(14,)),
+            CAMERA: PolicyFeature(type=FeatureType.VISUAL, shape=(3, 224, 224)),
+        },
+        output_features={ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(14,))},
+        pretrained_backbone_weights=None,
+        device="cpu",
+    )
+    torch.manual_seed(seed)
+    policy = ACTPolicy(config)
+    g = torch.Generator().manual_seed(seed)
+    stats = {
+        STATE: {"mean": torch.randn(14, generator=g), "std": torch.rand(14, generator=g) + 0.5},
+        ACTION: {"mean": torch.randn(14, generator=g), "std": torch.rand(14, generator=g) + 0.5},
+        CAMERA: {"mean": torch.rand(3, 1, 1, generator=g), "std": torch.rand(3, 1, 1, generator=g) + 0.2},
+    }
+    return policy, stats
+
+
+def make_batch(batch_size: int, g: torch.Generator, with_action: bool) -> dict:
+    batch = {STATE: torch.randn(batch_size, 14, generator=g), CAMERA: torch.rand(batch_size, 3, 224, 224, generator=g)}
+    if with_action:
+        batch[ACTION] = torch.randn(batch_size, 100, 14, generator=g)
+        batch["action_is_pad"] = torch.zeros(batch_size, 100, dtype=torch.bool)
+        batch["action_is_pad"][:, 90:] = True
+    return batch
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
+    """Median wall time and median process CPU time (less sensitive to a busy machine) of ``fn()``."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def train_step_fn(policy, batch, loss_of):
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5, weight_decay=1e-4)
+    policy.train()
+
+    def step():
+        loss = loss_of(policy, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    lr_policy, stats = lerobot_policy(a.seed)
+    pre, post = make_act_pre_post_processors(lr_policy.config, dataset_stats=stats)
+    with tempfile.TemporaryDirectory() as tmp:
+        lr_dir = Path(tmp) / "lerobot"
+        lr_policy.save_pretrained(lr_dir)
+        pre.save_pretrained(lr_dir)
+        post.save_pretrained(lr_dir)
+        ours = VLAPolicy.from_pretrained(convert(lr_dir, Path(tmp) / "vla"))
+
+    g = torch.Generator().manual_seed(a.seed + 1)
+    infer = make_batch(1, g, with_action=False)
+    train = make_batch(8, g, with_action=True)
+    lr_infer, lr_train = pre(dict(infer)), pre(dict(train))
+
+    # Same weights, same outputs (eval mode).
+    lr_policy.eval()
+    ours.eval()
+    with torch.no_grad():
+        theirs = post(lr_policy.predict_action_chunk(lr_infer))
+        mine = ours.predict_action_chunk(infer)
+    diff = (theirs - mine).abs().max().item()
+    print(f"max |ours - lerobot| on predict_action_chunk: {diff:.2e}")
+    if diff > 1e-5:
+        raise SystemExit(f"outputs differ by {diff:.2e} > 1e-5")
+
+    def lr_loss(policy, batch):
+        return policy(batch)[0]
+
+    def our_loss(policy, batch):
+        return policy(batch).loss
+
+    t_lr_train = median_time(train_step_fn(lr_policy, lr_train, lr_loss), a.repeats)
+    t_our_train = median_time(train_step_fn(ours, train, our_loss), a.repeats)
+    lr_policy.eval()
+    ours.eval()
+    t_lr_inf = median_time(lambda: lr_policy.predict_action_chunk(lr_infer), a.repeats * 4)
+    t_our_inf = median_time(lambda: ours.predict_action_chunk(infer), a.repeats * 4)
+
+    print(f"threads={a.threads} repeats={a.repeats} torch={torch.__version__}")
+    for name, theirs, mine in (
+        ("train step (batch 8, fwd+bwd+AdamW)", t_lr_train, t_our_train),
+        ("inference (predict_action_chunk, b=1)", t_lr_inf, t_our_inf),
+    ):
+        print(f"{name}: lerobot {theirs[0] * 1e3:8.1f} ms  ours {mine[0] * 1e3:8.1f} ms  "
+              f"ratio ours/lerobot {mine[0] / theirs[0]:.3f}  (cpu-time ratio {mine[1] / theirs[1]:.3f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""resnet_act: token and position shapes, cameras, frozen BN folding, pretrained weights, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+from vla_backbones.resnet_act import ResNetACTBackbone, ResNetACTConfig, sine_pos_embed_2d
+from vla_core import BACKBONES, CheckpointError, ConfigError, PolicyFeature
+from vla_core.testing import check_backbone, random_batch
+
+CAMS = ("observation.images.top", "observation.images.left", "observation.images.right")
+
+
+def backbone(n_cams=1, **kw) -> ResNetACTBackbone:
+    torch.manual_seed(0)
+    return BACKBONES.build({"type": "resnet_act", "image_keys": list(CAMS[:n_cams]), "dim_model": 32, **kw})
+
+
+def images(n_cams, bsz=2, hw=(64, 96), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.rand(bsz, 3, *hw, generator=g) for k in CAMS[:n_cams]}
+
+
+def randomize_bn(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, buf in module.named_buffers():
+            if name.endswith("running_var"):
+                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+            elif name.endswith(("running_mean", "bias")):
+                buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
+            elif name.endswith("weight"):
+                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("n_cams", [1, 3])
+def test_contract_and_shapes(n_cams):
+    b = backbone(n_cams)
+    feats = {k: PolicyFeature("VISUAL", (3, 64, 96)) for k in CAMS[:n_cams]}
+    out = check_backbone(b, random_batch(feats, batch_size=2))
+    # 64x96 -> 2x3 feature map per camera
+    assert out.features.shape == (2, n_cams * 6, 32)
+    assert out.pos_embed.shape == (1, n_cams * 6, 32)
+    assert out.attention_mask.all()
+    # every camera gets the same position map
+    pos = out.pos_embed[0].reshape(n_cams, 6, 32)
+    assert torch.equal(pos, pos[:1].expand_as(pos))
+
+
+def test_cameras_are_concatenated_in_key_order():
+    b3 = backbone(3).eval()
+    imgs = images(3)
+    out = b3(imgs).features
+    for i, key in enumerate(CAMS):
+        alone = b3.feature_map(imgs[key]).flatten(2).transpose(1, 2)  # (B, h*w, D) row-major
+        torch.testing.assert_close(out[:, 6 * i : 6 * (i + 1)], alone)
+
+
+def test_pos_embed_matches_detr_sine_formula():
+    h, w, d = 3, 4, 16
+    pos = sine_pos_embed_2d(h, w, d).reshape(h, w, d)
+    half = d // 2
+    two_pi = 2 * torch.pi
+    y = torch.arange(1, h + 1) / (h + 1e-6) * two_pi
+    x = torch.arange(1, w + 1) / (w + 1e-6) * two_pi
+    for i in range(half):
+        freq = 10000 ** (2 * (i // 2) / half)
+        fn = torch.sin if i % 2 == 0 else torch.cos
+        torch.testing.assert_close(pos[:, 0, i], fn(y / freq), atol=1e-6, rtol=0)
+        torch.testing.assert_close(pos[0, :, half + i], fn(x / freq), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["resnet18", "resnet50"])
+def test_folded_frozen_bn_equals_torchvision_forward(variant):
+    b = backbone(1, variant=variant).eval()
+    randomize_bn(b.resnet)
+    x = images(1)[CAMS[0]]
+    r = b.resnet
+    with torch.no_grad():
+        ref = b.proj(r.layer4(r.layer3(r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(x)))))))))
+        got = b.feature_map(x)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_trainable_batchnorm_and_dilation():
+    with pytest.raises(ConfigError, match="dilation"):
+        backbone(1, replace_final_stride_with_dilation=True)
+    b = backbone(1, variant="resnet50", frozen_bn=False, replace_final_stride_with_dilation=True)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in b.modules())
+    out = b(images(1))
+    assert out.features.shape == (2, 4 * 6, 32)  # stride 16: 64x96 -> 4x6
+
+
+def test_pretrained_weights_safetensors_and_pth(tmp_path):
+    import torchvision
+
+    ref = torchvision.models.resnet18(weights=None)
+    randomize_bn(ref, seed=3)
+    state = ref.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "r18.safetensors"))
+    torch.save(state, tmp_path / "r18.pth")
+    for name in ("r18.safetensors", "r18.pth"):
+        b = backbone(1, pretrained_weights=str(tmp_path / name))
+        for key, value in b.resnet.state_dict().items():
+            assert torch.equal(value, state[key]), key
+    with pytest.raises(CheckpointError, match="not found"):
+        backbone(1, pretrained_weights=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(CheckpointError, match="not a torchvision ResNet"):
+        backbone(1, variant="resnet34", pretrained_weights=str(tmp_path / "r18.safetensors"))
+
+
+def test_bad_inputs_raise_clear_errors():
+    b = backbone(2)
+    imgs = images(2)
+    with pytest.raises(ValueError, match="missing batch key 'observation.images.left'"):
+        b({CAMS[0]: imgs[CAMS[0]]})
+    with pytest.raises(ValueError, match=r"expected an image of shape \(B, 3, H, W\)"):
+        b({CAMS[0]: imgs[CAMS[0]], CAMS[1]: torch.rand(2, 1, 64, 96)})
+    with pytest.raises(ConfigError, match="variant"):
+        ResNetACTConfig(image_keys=CAMS[:1], variant="vgg16")
+    with pytest.raises(ConfigError, match="image_keys"):
+        ResNetACTConfig()
+    with pytest.raises(ConfigError, match="image_shape"):
+        ResNetACTConfig(image_keys=CAMS[:1], image_shape=(1, 64, 64))
+
+
+@settings(max_examples=6, deadline=None)
+@given(h=st.integers(32, 100), w=st.integers(32, 100), n_cams=st.integers(1, 2), dim=st.sampled_from([8, 16, 24]))
+def test_token_count_follows_feature_map(h, w, n_cams, dim):
+    b = BACKBONES.build({"type": "resnet_act", "image_keys": list(CAMS[:n_cams]), "dim_model": dim})
+    with torch.no_grad():
+        out = b(images(n_cams, bsz=1, hw=(h, w)))
+    fh, fw = -(-h // 32), -(-w // 32)
+    assert out.features.shape == (1, n_cams * fh * fw, dim)
+    assert out.pos_embed.shape == (1, n_cams * fh * fw, dim)

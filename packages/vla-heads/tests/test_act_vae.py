@@ -1,0 +1,198 @@
+"""act_vae: contract, shapes with/without VAE, padding ignored, KL, config validation, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from vla_core import HEADS, BackboneOutput, ConfigError
+from vla_core.testing import check_head
+from vla_heads.act_vae import ACTVAEConfig, ACTVAEHead
+from vla_heads.act_vae.transformer import sine_table_1d
+
+TINY = {"dim_model": 16, "n_heads": 2, "dim_feedforward": 24, "n_encoder_layers": 2, "n_vae_encoder_layers": 2,
+        "latent_dim": 4}
+
+
+def head(**kw) -> ACTVAEHead:
+    torch.manual_seed(0)
+    spec = {"type": "act_vae", "action_dim": 3, "horizon": 5, "state_dim": 4, **TINY, **kw}
+    return HEADS.build(spec)
+
+
+def inputs(h: ACTVAEHead, bsz=2, tokens=6, seed=0, env=False):
+    g = torch.Generator().manual_seed(seed)
+    d = h.config.dim_model
+    ctx = BackboneOutput(
+        features=torch.randn(bsz, tokens, d, generator=g),
+        attention_mask=torch.ones(bsz, tokens, dtype=torch.bool),
+        pos_embed=torch.randn(1, tokens, d, generator=g),
+    )
+    batch = {
+        "observation.state": torch.randn(bsz, h.config.state_dim or 1, generator=g),
+        "action": torch.randn(bsz, h.horizon, h.action_dim, generator=g),
+        "action_is_pad": torch.zeros(bsz, h.horizon, dtype=torch.bool),
+    }
+    if env:
+        batch["observation.environment_state"] = torch.randn(bsz, h.config.env_state_dim, generator=g)
+    return ctx, batch
+
+
+@pytest.mark.parametrize("kw", [{}, {"use_vae": False}, {"pre_norm": True}, {"env_state_dim": 2},
+                                {"state_dim": None}, {"n_decoder_layers": 2, "activation": "gelu"}])
+def test_contract(kw):
+    h = head(**kw)
+    ctx, batch = inputs(h, env="env_state_dim" in kw)
+    check_head(h, ctx, batch)
+    h.eval()
+    with torch.no_grad():
+        assert h.predict_action(ctx, batch).shape == (2, 5, 3)
+
+
+def test_defaults_are_act():
+    c = ACTVAEConfig(action_dim=14)
+    assert (c.horizon, c.dim_model, c.n_heads, c.dim_feedforward, c.n_encoder_layers, c.n_decoder_layers) == (
+        100, 512, 8, 3200, 4, 1)
+    assert (c.n_vae_encoder_layers, c.latent_dim, c.dropout, c.kl_weight, c.pre_norm, c.activation, c.use_vae) == (
+        4, 32, 0.1, 10.0, False, "relu", True)
+
+
+def test_kl_is_zero_without_vae_and_positive_with_it():
+    h = head(use_vae=False)
+    ctx, batch = inputs(h)
+    out = h(ctx, batch)
+    assert out.metrics["kl"].item() == 0.0
+    torch.testing.assert_close(out.loss, out.metrics["l1"])
+    assert not hasattr(h, "vae_encoder")
+    hv = head(kl_weight=3.0)
+    out = hv(*inputs(hv))
+    assert out.metrics["kl"].item() > 0
+    torch.testing.assert_close(out.loss, out.metrics["l1"] + 3.0 * out.metrics["kl"])
+
+
+@pytest.mark.parametrize("use_vae", [True, False])
+def test_padded_steps_do_not_change_the_loss(use_vae):
+    h = head(use_vae=use_vae, dropout=0.0)
+    ctx, batch = inputs(h)
+    batch["action_is_pad"][0, 3:] = True
+    batch["action_is_pad"][1, 1:] = True
+    torch.manual_seed(1)
+    ref = h(ctx, batch)
+    perturbed = dict(batch, action=batch["action"].clone())
+    perturbed["action"][batch["action_is_pad"]] += 100.0
+    torch.manual_seed(1)
+    out = h(ctx, perturbed)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-5, atol=1e-6)
+    # while a valid step does change it
+    perturbed["action"][0, 0] += 1.0
+    torch.manual_seed(1)
+    assert not torch.allclose(h(ctx, perturbed).loss, ref.loss)
+
+
+def test_l1_averages_over_valid_steps_only():
+    h = head(use_vae=False, dropout=0.0).eval()
+    ctx, batch = inputs(h)
+    batch["action_is_pad"][:, 2:] = True
+    with torch.no_grad():
+        pred = h.predict_action(ctx, batch)
+        out = h(ctx, batch)
+    expected = (pred - batch["action"])[:, :2].abs().mean()
+    torch.testing.assert_close(out.metrics["l1"], expected)
+
+
+def test_short_chunk_is_padded_and_long_chunk_rejected():
+    h = head(use_vae=True, dropout=0.0)
+    ctx, batch = inputs(h)
+    batch["action_is_pad"][:, 3:] = True
+    torch.manual_seed(2)
+    ref = h(ctx, batch).loss
+    short = {**batch, "action": batch["action"][:, :3], "action_is_pad": batch["action_is_pad"][:, :3]}
+    torch.manual_seed(2)
+    torch.testing.assert_close(h(ctx, short).loss, ref)
+    long = {**batch, "action": torch.randn(2, 6, 3), "action_is_pad": torch.zeros(2, 6, dtype=torch.bool)}
+    with pytest.raises(ValueError, match=r"H<=5"):
+        h(ctx, long)
+
+
+def test_bad_inputs_raise_clear_errors():
+    h = head()
+    ctx, batch = inputs(h)
+    with pytest.raises(ValueError, match=r"observation.state.*expected shape \(B, 4\)"):
+        h(ctx, {**batch, "observation.state": torch.randn(2, 7)})
+    with pytest.raises(ValueError, match="missing batch key 'observation.state'"):
+        h.predict_action(ctx, {k: v for k, v in batch.items() if k != "observation.state"})
+    with pytest.raises(ValueError, match="missing batch key 'action'"):
+        h(ctx, {"observation.state": batch["observation.state"]})
+    bad_ctx = BackboneOutput(features=torch.randn(2, 6, 8), attention_mask=torch.ones(2, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="dim_model 16"):
+        h.predict_action(bad_ctx, batch)
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [({"n_heads": 3}, "n_heads"), ({"activation": "glu"}, "activation"), ({"context_dim": 8}, "context_dim"),
+     ({"n_obs_steps": 2}, "n_obs_steps"), ({"horizon": 0}, "horizon"), ({"dropout": 1.0}, "dropout"),
+     ({"kl_weight": -1.0}, "kl_weight"), ({"n_vae_encoder_layers": 0}, "n_vae_encoder_layers")],
+)
+def test_config_errors_name_the_field(kw, field):
+    with pytest.raises(ConfigError, match=field):
+        ACTVAEConfig.from_dict({"action_dim": 3, **TINY, **kw})
+
+
+def test_inference_is_deterministic_and_ignores_noise():
+    h = head().eval()
+    ctx, batch = inputs(h)
+    with torch.no_grad():
+        a = h.predict_action(ctx, batch, noise=torch.randn(2, 5, 3))
+        b = h.predict_action(ctx, batch)
+    torch.testing.assert_close(a, b)
+
+
+def test_masked_context_tokens_are_ignored():
+    h = head().eval()
+    ctx, batch = inputs(h)
+    mask = ctx.attention_mask.clone()
+    mask[:, -2:] = False
+    masked = BackboneOutput(features=ctx.features, attention_mask=mask, pos_embed=ctx.pos_embed)
+    changed = ctx.features.clone()
+    changed[:, -2:] += 50.0
+    masked2 = BackboneOutput(features=changed, attention_mask=mask, pos_embed=ctx.pos_embed)
+    with torch.no_grad():
+        torch.testing.assert_close(h.predict_action(masked, batch), h.predict_action(masked2, batch))
+
+
+def test_first_layer_shortcut_equals_full_attention():
+    """Decoder layer 0 sees constant (zero) queries: its shortcut equals real attention over them."""
+    h = head(n_decoder_layers=2).eval()
+    layer = h.decoder.layers[0]
+    x = torch.zeros(2, 5, 16)
+    pos = h.query_pos_embed.weight[None]
+    with torch.no_grad():
+        fast = layer._self_attention(x, pos, constant=True)
+        full = layer.self_attn(x + pos, x + pos, x)
+    torch.testing.assert_close(fast, full.expand_as(fast), rtol=1e-5, atol=1e-6)
+
+
+def test_vae_pos_table_is_the_act_sinusoid():
+    table = sine_table_1d(7, 8)
+    for pos in range(7):
+        for j in range(8):
+            angle = pos / 10000 ** (2 * (j // 2) / 8)
+            want = torch.sin(torch.tensor(angle)) if j % 2 == 0 else torch.cos(torch.tensor(angle))
+            assert abs(table[pos, j].item() - want.item()) < 1e-6
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    action_dim=st.integers(1, 6), state_dim=st.one_of(st.none(), st.integers(1, 5)), horizon=st.integers(1, 8),
+    tokens=st.integers(1, 7), bsz=st.integers(1, 3), use_vae=st.booleans(), heads=st.sampled_from([1, 2, 4]),
+)
+def test_shapes_over_dims(action_dim, state_dim, horizon, tokens, bsz, use_vae, heads):
+    h = head(action_dim=action_dim, state_dim=state_dim, horizon=horizon, use_vae=use_vae, n_heads=heads)
+    ctx, batch = inputs(h, bsz=bsz, tokens=tokens)
+    out = h(ctx, batch)
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    h.eval()
+    with torch.no_grad():
+        assert h.predict_action(ctx, batch).shape == (bsz, horizon, action_dim)
