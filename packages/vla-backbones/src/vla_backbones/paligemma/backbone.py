@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import SiglipVisionConfig, SiglipVisionModel
+from transformers import SiglipVisionConfig
 from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
-from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
+from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipEncoderLayer, SiglipVisionEmbeddings
 
 from vla_core import BACKBONES, Backbone, BackboneOutput, ComponentConfig, ConfigError
 from vla_core.config import check_positive
@@ -89,6 +89,35 @@ class PaliGemmaBackboneConfig(ComponentConfig):
         return (self.image_size // self.patch_size) ** 2
 
 
+class SiglipTower(nn.Module):
+    """SigLIP vision transformer without pooling head: (N, 3, S, S) in [-1, 1] -> (N, image_tokens, Dv).
+
+    Built from transformers' SigLIP embeddings and encoder; the container is ours so the parameter
+    names (``embeddings``, ``encoder``, ``post_layernorm``) do not move between transformers releases.
+    """
+
+    def __init__(self, config: SiglipVisionConfig) -> None:
+        super().__init__()
+        self.embeddings = SiglipVisionEmbeddings(config)
+        self.encoder = SiglipEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        hidden = self.encoder(inputs_embeds=self.embeddings(pixel_values)).last_hidden_state
+        return self.post_layernorm(hidden)
+
+
+class VisionTower(nn.Module):
+    """Holds the SigLIP tower as ``vision_model`` (PaliGemma's ``vision_tower.vision_model.*`` names)."""
+
+    def __init__(self, config: SiglipVisionConfig) -> None:
+        super().__init__()
+        self.vision_model = SiglipTower(config)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.vision_model(pixel_values)
+
+
 class MultiModalProjector(nn.Module):
     """SigLIP width -> Gemma width, (B, N, Dv) -> (B, N, D); named as in transformers' PaliGemma."""
 
@@ -138,6 +167,14 @@ class GemmaPrefixModel(nn.Module):
         return (self.norm(x) if full else None), tuple(kv)
 
 
+def _init_weights(module: nn.Module) -> None:
+    """Gemma's initializer (normal, std 0.02; zero biases) for a model trained without a checkpoint."""
+    if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
 @BACKBONES.register("paligemma")
 class PaliGemmaBackbone(Backbone):
     """Cameras ``image_keys`` (B, 3, H, W) in [0, 1] and ``task`` strings -> the pi0 prefix.
@@ -152,16 +189,17 @@ class PaliGemmaBackbone(Backbone):
         super().__init__()
         self.config = c = config
         self.output_dim = c.width
-        self.vision_tower = SiglipVisionModel(
-            SiglipVisionConfig(
-                hidden_size=c.vision_width, intermediate_size=c.vision_mlp_dim, num_hidden_layers=c.vision_depth,
-                num_attention_heads=c.vision_num_heads, image_size=c.image_size, patch_size=c.patch_size,
-                layer_norm_eps=c.vision_eps, hidden_act="gelu_pytorch_tanh", vision_use_head=False,
-            )
+        vision = SiglipVisionConfig(
+            hidden_size=c.vision_width, intermediate_size=c.vision_mlp_dim, num_hidden_layers=c.vision_depth,
+            num_attention_heads=c.vision_num_heads, image_size=c.image_size, patch_size=c.patch_size,
+            layer_norm_eps=c.vision_eps, hidden_act="gelu_pytorch_tanh", attention_dropout=0.0,
         )
+        vision._attn_implementation = "sdpa"
+        self.vision_tower = VisionTower(vision)
         self.multi_modal_projector = MultiModalProjector(c.vision_width, c.width)
         self.language_model = GemmaPrefixModel(c)
         self.tokenizer = TaskTokenizer(c.tokenizer, c.max_token_len) if c.tokenizer else None
+        self.apply(_init_weights)
         if c.pretrained:
             from vla_backbones.paligemma.pretrained import load_paligemma_weights
 
@@ -215,8 +253,7 @@ class PaliGemmaBackbone(Backbone):
     def embed_images(self, images: Tensor) -> Tensor:
         """(N, 3, S, S) in [-1, 1] -> (N, image_tokens, D): SigLIP last hidden state, projected."""
         vision_dtype = self.multi_modal_projector.linear.weight.dtype
-        hidden = self.vision_tower(pixel_values=images.to(vision_dtype)).last_hidden_state
-        return self.multi_modal_projector(hidden)
+        return self.multi_modal_projector(self.vision_tower(images.to(vision_dtype)))
 
     def embed_prefix(self, batch: Any) -> tuple[Tensor, Tensor]:
         """Prefix embeddings (B, T, D) and mask (B, T) bool: image tokens per camera, then language."""

@@ -17,7 +17,12 @@ from torch import nn
 from vla_core import CheckpointError, load_into, load_tensors
 
 NAME_MAPPINGS = {
-    "nested": {  # transformers >= 4.52
+    "flat_siglip": {  # later transformers 5.x: SigLIP parameters no longer sit under ``vision_model``
+        "vision_tower.vision_model": "model.vision_tower",
+        "multi_modal_projector": "model.multi_modal_projector",
+        "language_model": "model.language_model",
+    },
+    "nested": {  # transformers 4.52 .. 5.5
         "vision_tower": "model.vision_tower",
         "multi_modal_projector": "model.multi_modal_projector",
         "language_model": "model.language_model",
@@ -81,7 +86,12 @@ def read_weights(path: str | os.PathLike) -> dict:
 def load_paligemma_weights(module: nn.Module, path: str | os.PathLike) -> None:
     """Load the PaliGemma weights in ``path`` into a :class:`PaliGemmaBackbone` (strict, no lm_head)."""
     tensors = {k: v for k, v in read_weights(path).items() if k not in DROPPED}
-    layout = "nested" if any(k.startswith("model.language_model.") for k in tensors) else "legacy"
+    if any(k.startswith("model.vision_tower.vision_model.") for k in tensors):
+        layout = "nested"
+    elif any(k.startswith("model.vision_tower.") for k in tensors):
+        layout = "flat_siglip"
+    else:
+        layout = "legacy"
     if layout == "legacy" and not any(k.startswith("language_model.model.") for k in tensors):
         raise CheckpointError(f"{path}: no PaliGemma language-model weights found (keys: {sorted(tensors)[:5]} ...)")
     load_into(module, tensors, name_mapping=NAME_MAPPINGS[layout], strict=True)

@@ -119,6 +119,9 @@ class Pi0FlowHead(ActionHead):
             )
             for _ in range(c.depth)
         )
+        for module in self.layers.modules():  # Gemma's initializer; the projections keep torch's default
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
         self.norm = gemma_modules().GemmaRMSNorm(c.width, eps=c.rms_eps)
         self.state_proj = nn.Linear(c.max_state_dim, c.width)
         self.action_in_proj = nn.Linear(c.max_action_dim, c.width)
