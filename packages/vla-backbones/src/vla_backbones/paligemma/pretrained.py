@@ -1,14 +1,16 @@
 """Load a local PaliGemma directory written by transformers' ``save_pretrained``.
 
-Two key layouts exist: transformers >= 4.52 (and the 5.x series) nest everything under ``model.``;
-older releases (and the original hub checkpoints) use ``language_model.model.`` for the decoder.
-Both are handled by a name mapping (ours -> theirs); ``lm_head`` is tied to the embedding and dropped.
+The key layout differs between transformers releases (``model.language_model.`` or
+``language_model.model.``; SigLIP under ``vision_model.`` or not): :data:`PART_PREFIXES` lists the
+known places of each part and the loader maps the ones it finds (a name mapping, ours <- theirs).
+``lm_head`` (tied to the embedding) and SigLIP's pooling ``head`` are unused by PaliGemma and dropped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +18,18 @@ from torch import nn
 
 from vla_core import CheckpointError, load_into, load_tensors
 
-NAME_MAPPINGS = {
-    "flat_siglip": {  # later transformers 5.x: SigLIP parameters no longer sit under ``vision_model``
-        "vision_tower.vision_model": "model.vision_tower",
-        "multi_modal_projector": "model.multi_modal_projector",
-        "language_model": "model.language_model",
-    },
-    "nested": {  # transformers 4.52 .. 5.5
-        "vision_tower": "model.vision_tower",
-        "multi_modal_projector": "model.multi_modal_projector",
-        "language_model": "model.language_model",
-    },
-    "legacy": {  # transformers < 4.52, google/paligemma-* on the hub
-        "vision_tower": "vision_tower",
-        "multi_modal_projector": "multi_modal_projector",
-        "language_model": "language_model.model",
-    },
+# Where each part of PaliGemma lives in the checkpoint files, most specific first: ours <- one of these.
+PART_PREFIXES = {
+    "vision_tower.vision_model": (
+        "model.vision_tower.vision_model",  # transformers 4.52 .. 5.5 in memory
+        "vision_tower.vision_model",  # original hub files
+        "model.vision_tower",  # later 5.x in memory (SigLIP lost its ``vision_model`` level)
+        "vision_tower",  # later 5.x save_pretrained
+    ),
+    "multi_modal_projector": ("model.multi_modal_projector", "multi_modal_projector"),
+    "language_model": ("model.language_model", "language_model.model"),
 }
-DROPPED = ("lm_head.weight", "language_model.lm_head.weight")
+UNUSED = re.compile(r"(^|\.)lm_head\.weight$|vision_tower\.(vision_model\.)?head\.")
 
 
 def _rope_theta(text: Any) -> float:
@@ -83,15 +79,18 @@ def read_weights(path: str | os.PathLike) -> dict:
     return load_tensors(path / "model.safetensors")
 
 
+def name_mapping(keys: list[str]) -> dict[str, str]:
+    """ours -> theirs prefixes for the layout ``keys`` use (raises when a part is missing)."""
+    mapping = {}
+    for ours, candidates in PART_PREFIXES.items():
+        found = next((c for c in candidates if any(k.startswith(c + ".") for k in keys)), None)
+        if found is None:
+            raise CheckpointError(f"no PaliGemma {ours} weights found under any of {candidates} (keys: {keys[:5]} ...)")
+        mapping[ours] = found
+    return mapping
+
+
 def load_paligemma_weights(module: nn.Module, path: str | os.PathLike) -> None:
     """Load the PaliGemma weights in ``path`` into a :class:`PaliGemmaBackbone` (strict, no lm_head)."""
-    tensors = {k: v for k, v in read_weights(path).items() if k not in DROPPED}
-    if any(k.startswith("model.vision_tower.vision_model.") for k in tensors):
-        layout = "nested"
-    elif any(k.startswith("model.vision_tower.") for k in tensors):
-        layout = "flat_siglip"
-    else:
-        layout = "legacy"
-    if layout == "legacy" and not any(k.startswith("language_model.model.") for k in tensors):
-        raise CheckpointError(f"{path}: no PaliGemma language-model weights found (keys: {sorted(tensors)[:5]} ...)")
-    load_into(module, tensors, name_mapping=NAME_MAPPINGS[layout], strict=True)
+    tensors = {k: v for k, v in read_weights(path).items() if not UNUSED.search(k)}
+    load_into(module, tensors, name_mapping=name_mapping(sorted(tensors)), strict=True)
