@@ -99,7 +99,7 @@ class GemmaPrefixLayer(nn.Module):
         attn = self.self_attn
         h = self.input_layernorm(x)
         k = apply_rope(attn.heads(attn.k_proj, h), cos, sin)
-        v = attn.heads(attn.v_proj, h)
+        v = attn.heads(attn.v_proj, h).clone()  # own storage: FSDP2 hooks layer outputs and warns on views
         if kv_only:
             return None, k, v
         q = apply_rope(attn.heads(attn.q_proj, h), cos, sin)
