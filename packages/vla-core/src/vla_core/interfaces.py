@@ -69,6 +69,12 @@ class Backbone(Component):
     def forward(self, batch: Batch) -> BackboneOutput:
         """batch -> BackboneOutput with features (B, T, D) and attention_mask (B, T)."""
 
+    def context_spec(self) -> dict[str, Any]:
+        """Facts about the context beyond ``output_dim`` (e.g. the per-layer K/V geometry of
+        ``past_key_values``). A head config that declares a field of the same name receives the
+        value from the policy, which rejects a spec that says otherwise. Default: none."""
+        return {}
+
 
 class ActionHead(Component):
     """Maps context tokens to an action chunk (B, H, A).

@@ -109,7 +109,10 @@ def derived_fields(config: PolicyConfig) -> dict[str, Any]:
     }
 
 
-def _fill(kind: str, spec: Mapping[str, Any], config_class: type[ComponentConfig], facts: Mapping[str, Any]) -> dict:
+def _fill(
+    kind: str, spec: Mapping[str, Any], config_class: type[ComponentConfig], facts: Mapping[str, Any],
+    source: str = "the features give",
+) -> dict:
     spec = dict(spec)
     names = config_class.field_names()
     for key, value in facts.items():
@@ -119,8 +122,8 @@ def _fill(kind: str, spec: Mapping[str, Any], config_class: type[ComponentConfig
             spec[key] = value
         elif _plain(spec[key]) != _plain(value):
             raise ConfigError(
-                f"{kind}.{key}: the features give {value!r} but the {kind} spec says {spec[key]!r}; "
-                "drop the field to take it from the features"
+                f"{kind}.{key}: {source} {value!r} but the {kind} spec says {spec[key]!r}; "
+                f"drop the field to take it from {source.rsplit(' ', 1)[0]}"
             )
     return spec
 
@@ -154,7 +157,7 @@ class VLAPolicy(nn.Module):
         self.normalizer = Normalizer({**self.input_features, **self.output_features}, config.normalization)
         self.backbone: Backbone = BACKBONES.build(config.backbone)
         head_cls = HEADS.get(config.head["type"])
-        head_spec = dict(config.head)
+        head_spec = _fill("head", config.head, head_cls.config_class, self.backbone.context_spec(), "the backbone gives")
         context_dim = head_spec.get("context_dim") if "context_dim" in head_cls.config_class.field_names() else None
         self.projector: nn.Module | None = None
         if config.projector is not None or (context_dim is not None and context_dim != self.backbone.output_dim):
@@ -169,7 +172,7 @@ class VLAPolicy(nn.Module):
             self.projector = PROJECTORS.build(spec)
         elif "context_dim" in head_cls.config_class.field_names():
             head_spec["context_dim"] = self.backbone.output_dim
-            self.config = config = dataclasses.replace(config, head=head_spec)
+        self.config = config = dataclasses.replace(config, head=head_spec)
         self.head: ActionHead = HEADS.build(head_spec)
         if self.head.action_dim != self.output_features[ACTION].shape[-1]:
             raise ConfigError(
