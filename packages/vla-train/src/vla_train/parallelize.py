@@ -1,0 +1,65 @@
+"""FSDP2 and activation checkpointing, driven only by what the policy reports (``fsdp_units()``).
+
+``apply_fsdp2`` shards every module whose class the policy lists, then the root, so each unit's
+parameters are gathered just before it runs and freed after. Frozen parameters are sharded like
+the others and simply get no gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+
+def unit_modules(model: nn.Module) -> list[nn.Module]:
+    """Instances of the classes in ``model.fsdp_units()``, in module order (the root excluded)."""
+    units = tuple(model.fsdp_units())
+    return [m for m in model.modules() if units and isinstance(m, units) and m is not model]
+
+
+def apply_activation_checkpointing(model: nn.Module) -> int:
+    """Recompute each unit's activations in backward instead of storing them. Returns the count."""
+    from torch.distributed._composable import checkpoint
+
+    modules = unit_modules(model)
+    for module in modules:
+        checkpoint(module)
+    return len(modules)
+
+
+def build_mesh(device: torch.device, world_size: int) -> DeviceMesh:
+    return init_device_mesh(device.type, (world_size,))
+
+
+def apply_fsdp2(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    *,
+    param_dtype: torch.dtype | None = None,
+    reduce_dtype: torch.dtype | None = None,
+    reshard_after_forward: bool = True,
+    cpu_offload: bool = False,
+) -> int:
+    """``fully_shard`` each unit of ``model.fsdp_units()``, then the root. Returns the number of units.
+
+    ``param_dtype`` / ``reduce_dtype`` set FSDP's mixed precision (e.g. bf16 / fp32 on GPU);
+    ``None`` keeps the parameters' dtype.
+    """
+    kwargs: dict = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
+    if param_dtype is not None or reduce_dtype is not None:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    modules = unit_modules(model)
+    for module in modules:
+        fully_shard(module, **kwargs)
+    fully_shard(model, **kwargs)
+    return len(modules)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
