@@ -95,7 +95,7 @@ class Registry(Generic[T]):
         cls = self.get(spec["type"])
         return cls, cls.config_class.from_dict(fields)
 
-    def build(self, spec: Mapping[str, Any] | ComponentConfig, **overrides: Any) -> Any:
+    def build(self, spec: Mapping[str, Any], **overrides: Any) -> Any:
         """Instantiate from ``{"type": name, **fields}`` (``overrides`` are extra fields)."""
         cls, config = self.parse({**spec, **overrides})
         return cls(config)
