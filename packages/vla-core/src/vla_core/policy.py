@@ -306,7 +306,11 @@ class VLAPolicy(nn.Module):
         strict: bool = True,
         **config_overrides: Any,
     ) -> VLAPolicy:
-        """Load a local directory or a hub repo id (safetensors only; no pickle, no remote code)."""
+        """Load a local directory or a hub repo id (safetensors only; no pickle, no remote code).
+
+        The policy comes back in eval mode (dropout off), ready for inference, as transformers'
+        ``from_pretrained``; call ``.train()`` to fine-tune.
+        """
         directory = Path(path_or_repo_id)
         if not directory.is_dir():
             from huggingface_hub import snapshot_download
@@ -321,4 +325,4 @@ class VLAPolicy(nn.Module):
         config.update(config_overrides)
         policy = cls(config)
         load_checkpoint(policy, directory / WEIGHTS_NAME, strict=strict)
-        return policy
+        return policy.eval()

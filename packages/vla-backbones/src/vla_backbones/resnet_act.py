@@ -1,0 +1,182 @@
+"""ACT's image encoder: a torchvision ResNet cut after layer4, a 1x1 projection, 2D sine positions.
+
+Each camera's (B, 3, H, W) image becomes an (H/32 x W/32) feature map, projected to ``dim_model``
+and flattened row-major into tokens; the cameras' tokens are concatenated in ``image_keys`` order.
+The matching 2D sinusoidal position embeddings (DETR's ``PositionEmbeddingSine(normalize=True)``,
+as in ACT and LeRobot) come back in ``BackboneOutput.pos_embed`` for the head to add.
+
+The state and environment-state tokens of ACT are projected by the head (``act_vae``), which
+reads them from the batch: this backbone only sees images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from vla_core import BACKBONES, Backbone, BackboneOutput, CheckpointError, ComponentConfig, ConfigError, load_tensors
+from vla_core.config import check_choice, check_positive
+from vla_core.interfaces import Batch
+
+RESNETS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResNetACTConfig(ComponentConfig):
+    """image_keys / image_shape are filled by the policy from its VISUAL features.
+
+    pretrained_weights: a local torchvision ResNet state-dict file (``.safetensors``, or the
+    ``.pth`` torchvision distributes, read with ``torch.load(weights_only=True)``); ``fc.*`` is
+    ignored. None: random init (the weights usually come from a policy checkpoint).
+    """
+
+    image_keys: tuple[str, ...] = ()
+    image_shape: tuple[int, int, int] | None = None
+    variant: str = "resnet18"
+    dim_model: int = 512
+    frozen_bn: bool = True
+    replace_final_stride_with_dilation: bool = False
+    pretrained_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        check_choice(name, "variant", self.variant, RESNETS)
+        check_positive(name, dim_model=self.dim_model)
+        if not self.image_keys:
+            raise ConfigError(f"{name}.image_keys: expected at least one camera key, received {self.image_keys!r}")
+        if self.image_shape is not None and self.image_shape[0] != 3:
+            raise ConfigError(f"{name}.image_shape: a ResNet takes 3-channel images, received {self.image_shape!r}")
+
+
+def sine_pos_embed_2d(height: int, width: int, dim: int, *, device=None) -> Tensor:
+    """DETR / ACT 2D sine positions for an (height x width) map -> (height * width, dim), float32.
+
+    Positions 1..H and 1..W are scaled to (0, 2 pi]; each axis gets dim/2 channels of interleaved
+    sin / cos with frequencies 10000^(2 (i // 2) / (dim / 2)); the y half comes first.
+    """
+    half = dim // 2
+    eps, two_pi = 1e-6, 2 * math.pi
+    y = torch.arange(1, height + 1, dtype=torch.float32, device=device)
+    x = torch.arange(1, width + 1, dtype=torch.float32, device=device)
+    y = (y / (y[-1:] + eps) * two_pi)[:, None].expand(height, width)
+    x = (x / (x[-1:] + eps) * two_pi)[None, :].expand(height, width)
+    inv_freq = 10000 ** (2 * (torch.arange(half, dtype=torch.float32, device=device) // 2) / half)
+
+    def axis(pos: Tensor) -> Tensor:  # (h, w) -> (h, w, half), [sin, cos] interleaved
+        angles = pos[..., None] / inv_freq
+        return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(2)
+
+    return torch.cat((axis(y), axis(x)), dim=-1).reshape(height * width, 2 * half)
+
+
+def load_resnet_weights(resnet: nn.Module, path: str) -> None:
+    """Load a torchvision ResNet state dict (``fc.*`` and BatchNorm counters are not used)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CheckpointError(
+            f"ResNetACTConfig.pretrained_weights: {file} not found; give a local torchvision state-dict file "
+            "(.safetensors or .pth) or None for random init"
+        )
+    tensors = load_tensors(file, allow_pickle=file.suffix in (".pth", ".pt"))
+    own = resnet.state_dict()
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("fc.") and not (
+        k.endswith("num_batches_tracked") and k not in own)}
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    bad = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
+    if missing or unexpected or bad:
+        raise CheckpointError(
+            f"{file} is not a torchvision ResNet state dict for this variant: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatch {bad[:5]}"
+        )
+    resnet.load_state_dict(tensors, strict=True)
+
+
+@BACKBONES.register("resnet_act")
+class ResNetACTBackbone(Backbone):
+    """Images -> ResNet layer4 maps -> 1x1 conv -> tokens (B, n_cams * h * w, dim_model) + positions.
+
+    ``pos_embed`` is (1, T, dim_model); ``attention_mask`` is all True.
+    """
+
+    config_class = ResNetACTConfig
+
+    def __init__(self, config: ResNetACTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.output_dim = config.dim_model
+        norm = FrozenBatchNorm2d if config.frozen_bn else nn.BatchNorm2d
+        resnet = getattr(torchvision.models, config.variant)(
+            weights=None,
+            norm_layer=norm,
+            replace_stride_with_dilation=[False, False, config.replace_final_stride_with_dilation],
+        )
+        channels = resnet.fc.in_features
+        del resnet.fc, resnet.avgpool
+        if config.pretrained_weights is not None:
+            load_resnet_weights(resnet, config.pretrained_weights)
+        self.resnet = resnet
+        self.proj = nn.Conv2d(channels, config.dim_model, kernel_size=1)
+        self._pos_cache: dict[tuple, Tensor] = {}
+
+    def fsdp_units(self) -> set[type[nn.Module]]:
+        return {type(self.resnet.layer1[0])}  # BasicBlock or Bottleneck
+
+    def feature_map(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, dim_model, h, w) with h, w = H/32, W/32 (H/16, W/16 with dilation)."""
+        r = self.resnet
+        x = r.maxpool(r.relu(r.bn1(r.conv1(images))))
+        x = r.layer4(r.layer3(r.layer2(r.layer1(x))))
+        return self.proj(x)
+
+    def positions(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """(h * w, dim_model) sine positions, cached per map size."""
+        key = (height, width, device, dtype)
+        if key not in self._pos_cache:
+            self._pos_cache[key] = sine_pos_embed_2d(height, width, self.config.dim_model, device=device).to(dtype)
+        return self._pos_cache[key]
+
+    def _images(self, batch: Batch) -> list[Tensor]:
+        images = []
+        for key in self.config.image_keys:
+            if key not in batch:
+                raise ValueError(f"missing batch key {key!r}: resnet_act expects one image (B, 3, H, W) per camera "
+                                 f"{list(self.config.image_keys)}; received keys {sorted(batch)}")
+            img = batch[key]
+            if img.dim() == 5 and img.shape[1] == 1:  # (B, 1, C, H, W): a one-step observation window
+                img = img[:, 0]
+            if img.dim() != 4 or img.shape[1] != 3:
+                raise ValueError(f"batch key {key!r}: expected an image of shape (B, 3, H, W), received {tuple(img.shape)}")
+            if images and img.shape != images[0].shape:
+                raise ValueError(f"batch key {key!r}: all cameras need one shape, received {tuple(img.shape)} "
+                                 f"and {tuple(images[0].shape)}")
+            images.append(img)
+        return images
+
+    def forward(self, batch: Batch) -> BackboneOutput:
+        images = self._images(batch)
+        n_cams, bsz = len(images), images[0].shape[0]
+        # The cameras share the ResNet: run them as one batch (n_cams * B, 3, H, W).
+        stacked = images[0] if n_cams == 1 else torch.cat(images, dim=0)
+        maps = self.feature_map(stacked)  # (n_cams * B, D, h, w)
+        _, dim, h, w = maps.shape
+        tokens = maps.reshape(n_cams, bsz, dim, h * w).permute(1, 0, 3, 2).reshape(bsz, n_cams * h * w, dim)
+        pos = self.positions(h, w, maps.device, maps.dtype).repeat(n_cams, 1)[None]
+        mask = torch.ones(bsz, tokens.shape[1], dtype=torch.bool, device=tokens.device)
+        return BackboneOutput(features=tokens, attention_mask=mask, pos_embed=pos)

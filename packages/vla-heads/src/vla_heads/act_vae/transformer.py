@@ -1,0 +1,190 @@
+"""ACT's DETR-style transformer: attention on ``scaled_dot_product_attention``, encoder and decoder.
+
+Batch-first throughout: ``(B, L, D)``. Positions are added to queries and keys, never to values
+(DETR). Parameter names follow ``nn.MultiheadAttention`` (packed ``in_proj_weight`` (3D, D)) and
+LeRobot's layer names, so checkpoints map by prefix.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+
+def sine_table_1d(n_positions: int, dim: int) -> Tensor:
+    """(n_positions, dim) fixed sinusoid: sin on even, cos on odd columns of pos / 10000^(2 (j // 2) / dim).
+
+    Computed in float64 and cast to float32, as the original ACT's numpy table.
+    """
+    pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    j = torch.arange(dim, dtype=torch.float64)
+    table = pos / torch.pow(torch.tensor(10000.0, dtype=torch.float64), 2 * torch.div(j, 2, rounding_mode="floor") / dim)
+    table[:, 0::2] = table[:, 0::2].sin()
+    table[:, 1::2] = table[:, 1::2].cos()
+    return table.float()
+
+
+class Attention(nn.Module):
+    """Multi-head attention with packed q/k/v projections and fused SDPA.
+
+    ``query`` (B, Lq, D), ``key`` (B, Lk, D), ``value`` (B, Lk, D) -> (B, Lq, D). ``mask`` (B, Lk)
+    bool, True = attend. When ``query is key`` (self-attention with positions) their projections
+    run as one matmul.
+    """
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
+        self.dim, self.n_heads, self.dropout = dim, n_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def project_value(self, value: Tensor) -> Tensor:
+        """(..., D) -> (..., D): the value projection alone."""
+        d = self.dim
+        return F.linear(value, self.in_proj_weight[2 * d :], self.in_proj_bias[2 * d :])
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
+        d, w, b = self.dim, self.in_proj_weight, self.in_proj_bias
+        if query is key:
+            q, k = F.linear(query, w[: 2 * d], b[: 2 * d]).chunk(2, dim=-1)
+        else:
+            q = F.linear(query, w[:d], b[:d])
+            k = F.linear(key, w[d : 2 * d], b[d : 2 * d])
+        v = self.project_value(value)
+        bsz, lq, lk, h = q.shape[0], q.shape[1], k.shape[1], self.n_heads
+        q = q.reshape(bsz, lq, h, d // h).transpose(1, 2)
+        k = k.reshape(k.shape[0], lk, h, d // h).transpose(1, 2)
+        v = v.reshape(v.shape[0], lk, h, d // h).transpose(1, 2)
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(bsz, lq, d))
+
+
+class _Block(nn.Module):
+    """Shared feed-forward of the encoder and decoder layers (LeRobot's names linear1 / linear2)."""
+
+    def _init_ff(self, dim: int, ff_dim: int, dropout: float, activation: str) -> None:
+        self.linear1, self.linear2 = nn.Linear(dim, ff_dim), nn.Linear(ff_dim, dim)
+        self.dropout, self.activation = nn.Dropout(dropout), ACTIVATIONS[activation]
+
+    def ff(self, x: Tensor) -> Tensor:
+        """linear1 -> activation -> dropout -> linear2: (..., D) -> (..., D)."""
+        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+
+
+class EncoderLayer(_Block):
+    """Self-attention + feed-forward, post-norm (ACT's default) or pre-norm. (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, dim: int, n_heads: int, ff_dim: int, dropout: float, activation: str, pre_norm: bool) -> None:
+        super().__init__()
+        self.self_attn = Attention(dim, n_heads, dropout)
+        self._init_ff(dim, ff_dim, dropout, activation)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None = None) -> Tensor:
+        """x (B, L, D), pos (B or 1, L, D) added to queries and keys, mask (B, L) True = valid."""
+        if self.pre_norm:
+            y = self.norm1(x)
+            qk = y if pos is None else y + pos
+            x = x + self.dropout1(self.self_attn(qk, qk, y, mask))
+            return x + self.dropout2(self.ff(self.norm2(x)))
+        qk = x if pos is None else x + pos
+        x = self.norm1(x + self.dropout1(self.self_attn(qk, qk, x, mask)))
+        return self.norm2(x + self.dropout2(self.ff(x)))
+
+
+class Encoder(nn.Module):
+    """A stack of encoder layers, with a final LayerNorm when pre-norm (Identity otherwise)."""
+
+    def __init__(self, n_layers: int, dim: int, n_heads: int, ff_dim: int, dropout: float, activation: str,
+                 pre_norm: bool) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EncoderLayer(dim, n_heads, ff_dim, dropout, activation, pre_norm) for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(dim) if pre_norm else nn.Identity()
+
+    def forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None = None) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, pos, mask)
+        return self.norm(x)
+
+
+class DecoderLayer(_Block):
+    """Self-attention over the queries, cross-attention to the memory, feed-forward. (B, H, D)."""
+
+    def __init__(self, dim: int, n_heads: int, ff_dim: int, dropout: float, activation: str, pre_norm: bool) -> None:
+        super().__init__()
+        self.self_attn = Attention(dim, n_heads, dropout)
+        self.multihead_attn = Attention(dim, n_heads, dropout)
+        self._init_ff(dim, ff_dim, dropout, activation)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def _self_attention(self, x: Tensor, query_pos: Tensor, constant: bool) -> Tensor:
+        """x (B, H, D) -> (B, H, D). ``constant``: every row of x is the same vector, so (without
+        attention dropout) the attention output is that vector's value projection whatever the weights."""
+        if constant and not (self.training and self.self_attn.dropout > 0):
+            return self.self_attn.out_proj(self.self_attn.project_value(x[:1, :1])).expand_as(x)
+        qk = x + query_pos
+        return self.self_attn(qk, qk, x)
+
+    def forward(self, x: Tensor, memory: Tensor, query_pos: Tensor, memory_pos: Tensor | None,
+                memory_mask: Tensor | None = None, *, constant_input: bool = False) -> Tensor:
+        """x (B, H, D) queries, memory (B, L, D) with memory_pos (B or 1, L, D) and memory_mask (B, L).
+
+        ``constant_input``: x is the same vector everywhere (the zero queries of the first layer).
+        """
+        mem_k = memory if memory_pos is None else memory + memory_pos
+        if self.pre_norm:
+            y = self.norm1(x)
+            x = x + self.dropout1(self._self_attention(y, query_pos, constant_input))
+            x = x + self.dropout2(self.multihead_attn(self.norm2(x) + query_pos, mem_k, memory, memory_mask))
+            return x + self.dropout3(self.ff(self.norm3(x)))
+        x = self.norm1(x + self.dropout1(self._self_attention(x, query_pos, constant_input)))
+        x = self.norm2(x + self.dropout2(self.multihead_attn(x + query_pos, mem_k, memory, memory_mask)))
+        return self.norm3(x + self.dropout3(self.ff(x)))
+
+
+class Decoder(nn.Module):
+    """DETR decoder from zero queries: layers then a final LayerNorm (always, as ACT and LeRobot)."""
+
+    def __init__(self, n_layers: int, dim: int, n_heads: int, ff_dim: int, dropout: float, activation: str,
+                 pre_norm: bool) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DecoderLayer(dim, n_heads, ff_dim, dropout, activation, pre_norm) for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, query_pos: Tensor, memory: Tensor, memory_pos: Tensor | None,
+                memory_mask: Tensor | None = None) -> Tensor:
+        """query_pos (H, D) learned queries, memory (B, L, D) -> (B, H, D)."""
+        bsz, (horizon, dim) = memory.shape[0], query_pos.shape
+        x = memory.new_zeros(bsz, horizon, dim)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, memory, query_pos[None], memory_pos, memory_mask, constant_input=i == 0)
+        return self.norm(x)
+
+
+def init_xavier(module: nn.Module) -> None:
+    """Xavier-uniform on every parameter with 2+ dims (ACT's transformer init)."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
+__all__ = ["Attention", "Decoder", "DecoderLayer", "Encoder", "EncoderLayer", "init_xavier", "sine_table_1d"]
