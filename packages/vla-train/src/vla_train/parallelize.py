@@ -7,9 +7,12 @@ the others and simply get no gradient.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.utils.checkpoint import checkpoint
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
 
@@ -20,12 +23,15 @@ def unit_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def apply_activation_checkpointing(model: nn.Module) -> int:
-    """Recompute each unit's activations in backward instead of storing them. Returns the count."""
-    from torch.distributed._composable import checkpoint
+    """Recompute each unit's activations in backward instead of storing them. Returns the count.
 
+    The unit's ``forward`` is wrapped in non-reentrant ``torch.utils.checkpoint`` (what torchtitan's
+    checkpoint wrapper does) without changing the module tree, so parameter names stay the same and
+    FSDP's hooks on the unit still gather its parameters before the recomputation.
+    """
     modules = unit_modules(model)
     for module in modules:
-        checkpoint(module)
+        module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
     return len(modules)
 
 

@@ -26,7 +26,7 @@ class ToyReachConfig(DatasetConfig):
     image_size: int = 64
     num_targets: int = 1
     max_speed: float = 0.08
-    success_radius: float = 0.05
+    success_radius: float = 0.07
     expert_noise: float = 0.01
     seed: int = 0
 

@@ -27,7 +27,7 @@ class ReachGeometry:
     image_size: int = 64
     num_targets: int = 1
     max_speed: float = 0.08
-    success_radius: float = 0.05
+    success_radius: float = 0.07
     agent_radius: float = 0.05
     target_radius: float = 0.07
     episode_length: int = 30
