@@ -51,3 +51,18 @@ def run_vla(args: list[str], *, nproc: int = 0, env: dict | None = None, **kwarg
         prefix += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone"]
     return subprocess.Popen([*prefix, str(LAUNCH), *args], env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def run_probe(config: Path, out: Path, nproc: int, *overrides: str) -> list[dict]:
+    """Run fsdp_probe.py under torchrun; returns one result dict per rank."""
+    import json
+
+    args = [a for o in overrides for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           str(PROBE), str(config), str(out), *args]
+    import torch
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(nproc)]

@@ -73,19 +73,22 @@ class ScheduleConfig(ComponentConfig):
 class ParallelConfig(ComponentConfig):
     """Device and FSDP2 settings. ``None`` means automatic.
 
-    ``fsdp=None`` shards when more than one process runs; ``mixed_precision=None`` uses bf16
-    parameters with fp32 reduction on GPU and full fp32 on CPU.
+    ``fsdp=None`` shards when more than one process runs. ``mixed_precision``: ``auto`` is ``none``
+    on CPU and, on GPU, ``fsdp`` (FSDP2 MixedPrecisionPolicy: bf16 parameters, fp32 gradient
+    reduction) when sharding a model without floating-point buffers, else ``autocast`` (fp32
+    parameters and reduction, bf16 compute under torch.autocast).
     """
 
     device: str = "auto"
     fsdp: bool | None = None
-    mixed_precision: bool | None = None
+    mixed_precision: str = "auto"
     activation_checkpointing: bool = False
     cpu_offload: bool = False
     reshard_after_forward: bool = True
 
     def __post_init__(self) -> None:
         check_choice("parallel", "device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("parallel", "mixed_precision", self.mixed_precision, ("auto", "fsdp", "autocast", "none"))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -61,8 +61,19 @@ def apply_fsdp2(
     modules = unit_modules(model)
     for module in modules:
         fully_shard(module, **kwargs)
-    fully_shard(model, **kwargs)
+    # The root's own parameters are needed again at the start of backward: keep them gathered.
+    fully_shard(model, **{**kwargs, "reshard_after_forward": False})
     return len(modules)
+
+
+def float_buffers(model: nn.Module, *, skip: tuple[str, ...] = ("normalizer.",)) -> list[str]:
+    """Floating-point buffers used in compute (e.g. BatchNorm statistics, fixed position tables).
+
+    FSDP's MixedPrecisionPolicy casts parameters, not buffers: an fp32 buffer mixed into bf16
+    activations promotes them to fp32 and the next bf16 layer fails. Models with such buffers
+    use autocast instead. The normalizer is skipped: it casts back to the input dtype.
+    """
+    return [n for n, b in model.named_buffers() if b.is_floating_point() and not n.startswith(skip)]
 
 
 def is_sharded(model: nn.Module) -> bool:

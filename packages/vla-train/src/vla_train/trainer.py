@@ -23,7 +23,7 @@ from vla_train.distributed import World, close_world, init_world
 from vla_train.ema import EMA
 from vla_train.metrics import MetricsLogger, read_metrics, summary
 from vla_train.optim import build_optimizer, build_scheduler, clip_gradients
-from vla_train.parallelize import apply_activation_checkpointing, apply_fsdp2, build_mesh
+from vla_train.parallelize import apply_activation_checkpointing, apply_fsdp2, build_mesh, float_buffers
 
 
 class TrainingDivergedError(RuntimeError):
@@ -104,16 +104,21 @@ class Trainer:
     # ------------------------------------------------------------------ building
     def parallelize(self, policy: VLAPolicy) -> torch.nn.Module:
         cfg = self.config.parallel
-        gpu = self.world.device.type == "cuda"
-        mixed = cfg.mixed_precision if cfg.mixed_precision is not None else gpu
+        mode = cfg.mixed_precision
+        if mode == "auto":
+            mode = "none" if self.world.device.type != "cuda" else (
+                "fsdp" if self.sharded and not float_buffers(policy) else "autocast")
+        if mode == "fsdp" and not self.sharded:
+            raise ConfigError("parallel.mixed_precision: 'fsdp' needs FSDP (parallel.fsdp: true or torchrun)")
+        self.mixed_precision = mode
+        self.autocast_dtype = torch.bfloat16 if mode == "autocast" else None
         if cfg.activation_checkpointing:
             apply_activation_checkpointing(policy)
         policy.to(self.world.device)
-        self.autocast_dtype = torch.bfloat16 if mixed and not self.sharded else None
         if self.sharded:
-            mesh = build_mesh(self.world.device, self.world.world_size)
-            apply_fsdp2(policy, mesh, param_dtype=torch.bfloat16 if mixed else None,
-                        reduce_dtype=torch.float32 if mixed else None,
+            bf16 = mode == "fsdp"
+            apply_fsdp2(policy, build_mesh(self.world.device, self.world.world_size),
+                        param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32 if bf16 else None,
                         reshard_after_forward=cfg.reshard_after_forward, cpu_offload=cfg.cpu_offload)
         return policy
 
@@ -172,6 +177,9 @@ class Trainer:
         cfg = self.config
         logger = MetricsLogger(self.run_dir, cfg.log, total_steps=cfg.steps, start_step=self.step,
                                enabled=self.world.is_main)
+        logger.write(f"device {self.world.device}, {self.world.world_size} process(es), "
+                     f"fsdp {'on' if self.sharded else 'off'}, mixed precision {self.mixed_precision}, "
+                     f"micro-batch {self.micro_batch_size} x {cfg.optim.grad_accum_steps} accumulation")
         if self.resumed_from is not None:
             logger.write(f"resumed from {self.resumed_from} at step {self.step}")
         start = time.perf_counter()
