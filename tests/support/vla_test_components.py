@@ -61,7 +61,7 @@ class LinearBackbone(Backbone):
             state = batch[OBS_STATE]
             tokens.append(self.state_proj(state[:, -1] if state.dim() == 3 else state))
         x = self.block(torch.stack(tokens, dim=1))
-        return BackboneOutput(features=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.bool))
+        return BackboneOutput(features=x, attention_mask=torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
 
     def fsdp_units(self):
         return {TokenLayer}

@@ -1,9 +1,39 @@
-"""The ``vla`` command: ``vla convert lerobot SRC DST`` (train / eval / info come with the trainer)."""
+"""The ``vla`` command: ``train``, ``eval``, ``info`` and ``convert lerobot``.
+
+``vla train CONFIG.yaml [--set key.sub=value ...] [--resume]`` also runs under
+``torchrun --nproc-per-node N -m vla_train train ...``. Known errors print one line and exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from vla_core import CheckpointError, ConfigError, UnknownComponentError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vla_train.config import load_config
+    from vla_train.trainer import train
+
+    train(load_config(args.config, args.set), resume=args.resume)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vla_train.eval import evaluate
+
+    result = evaluate(args.path, episodes=args.episodes, seed=args.seed, save_video=args.save_video)
+    print(f"eval.json: {result['policy']}/eval.json")
+    print(f"success_rate: {result['success_rate']:.3f}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from vla_train.info import describe
+
+    print(describe(args.path))
+    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -17,9 +47,23 @@ def _convert(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla", description="Train, evaluate and convert vla policies.")
     sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a policy from a YAML config")
+    train.add_argument("config")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    train.add_argument("--resume", action="store_true", help="continue from output_dir's latest checkpoint")
+    train.set_defaults(func=_train)
+    ev = sub.add_parser("eval", help="closed-loop episodes of the toy task; prints success_rate last")
+    ev.add_argument("path", help="a run directory or a pretrained policy directory")
+    ev.add_argument("--episodes", type=int, default=50)
+    ev.add_argument("--seed", type=int, default=100_000)
+    ev.add_argument("--save-video", action="store_true", help="write eval.gif and eval.png of one episode")
+    ev.set_defaults(func=_eval)
+    info = sub.add_parser("info", help="config, parameter counts and normalization stats of a policy")
+    info.add_argument("path")
+    info.set_defaults(func=_info)
     convert = sub.add_parser("convert", help="convert another framework's checkpoint")
-    convert_sub = convert.add_subparsers(dest="framework", required=True)
-    lerobot = convert_sub.add_parser("lerobot", help="a LeRobot 0.6.x policy directory (act, diffusion, pi0)")
+    lerobot = convert.add_subparsers(dest="framework", required=True).add_parser(
+        "lerobot", help="a LeRobot 0.6.x policy directory (act, diffusion, pi0)")
     lerobot.add_argument("src")
     lerobot.add_argument("dst")
     lerobot.set_defaults(func=_convert)
@@ -28,4 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return args.func(args)
+    from vla_train.trainer import TrainingDivergedError
+
+    try:
+        return args.func(args)
+    except (ConfigError, UnknownComponentError, FileNotFoundError, CheckpointError, TrainingDivergedError,
+            ValueError) as err:
+        print(f"vla {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,91 @@
+"""Closed-loop evaluation: roll the policy out in the dataset's environment (the toy reach task).
+
+``evaluate(path)`` accepts a run directory (uses ``pretrained/``) or a pretrained directory
+written by the trainer (it carries ``train_config.yaml``, which names the task); writes
+``eval.json`` beside the policy and, with ``save_video``, ``eval.gif`` and ``eval.png`` (a strip
+of frames of the first episode).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from vla_core import VLAPolicy
+
+from vla_train.data import build_dataset
+
+
+def resolve_policy_dir(path: str | Path) -> Path:
+    """A run directory's ``pretrained/`` or the pretrained directory itself."""
+    path = Path(path)
+    if (path / "pretrained" / "config.json").is_file():
+        return path / "pretrained"
+    if (path / "config.json").is_file():
+        return path
+    raise FileNotFoundError(f"{path} is neither a run directory (with pretrained/) nor a pretrained policy directory")
+
+
+@torch.no_grad()
+def rollout(policy: VLAPolicy, env, *, record: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Run one batch of episodes; returns success (N,) bool and, if ``record``, frames of env 0."""
+    policy.eval()
+    policy.reset()
+    batch = env.reset()
+    frames = [env.frames()[0]] if record else []
+    success = np.zeros(0, dtype=bool)
+    for _ in range(env.max_steps):
+        action = policy.select_action(batch)
+        batch, success, done = env.step(action)
+        if record:
+            frames.append(env.frames()[0])
+        if done:
+            break
+    return success, frames
+
+
+def evaluate(path: str | Path, *, episodes: int, seed: int = 100_000, batch_size: int = 50,
+             save_video: bool = False) -> dict[str, Any]:
+    """Success rate over ``episodes`` closed-loop episodes; writes eval.json next to the policy."""
+    policy_dir = resolve_policy_dir(path)
+    spec_path = policy_dir / "train_config.yaml"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path} not found: evaluation needs the task the policy was trained on")
+    data_spec = yaml.safe_load(spec_path.read_text())["data"]
+    dataset = build_dataset(data_spec)
+    if not hasattr(dataset, "make_env"):
+        raise ValueError(f"dataset type {data_spec['type']!r} has no closed-loop environment to evaluate in")
+    policy = VLAPolicy.from_pretrained(policy_dir)
+    results, frames = [], []
+    done = 0
+    while done < episodes:
+        n = min(batch_size, episodes - done)
+        success, shot = rollout(policy, dataset.make_env(n, seed + done), record=save_video and done == 0)
+        results.append(success)
+        frames = frames or shot
+        done += n
+    success = np.concatenate(results)
+    out = {"episodes": int(episodes), "successes": int(success.sum()), "success_rate": float(success.mean()),
+           "seed": seed, "policy": str(policy_dir)}
+    (policy_dir / "eval.json").write_text(json.dumps(out, indent=2))
+    if save_video and frames:
+        write_video(frames, policy_dir / "eval.gif", policy_dir / "eval.png")
+    return out
+
+
+def write_video(frames: list[np.ndarray], gif: Path, strip: Path, *, scale: int = 3, strip_frames: int = 8) -> None:
+    """frames: list of uint8 (S, S, 3) -> an animated GIF and a PNG strip of evenly spaced frames."""
+    from PIL import Image
+
+    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
+    images[0].save(gif, save_all=True, append_images=images[1:], duration=80, loop=0)
+    picks = np.linspace(0, len(images) - 1, min(strip_frames, len(images))).round().astype(int)
+    w, h = images[0].size
+    sheet = Image.new("RGB", (w * len(picks), h))
+    for i, k in enumerate(picks):
+        sheet.paste(images[k], (i * w, 0))
+    sheet.save(strip)

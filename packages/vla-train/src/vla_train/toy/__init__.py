@@ -1,0 +1,1 @@
+"""The built-in toy 2D reach task (numpy only)."""
