@@ -1,0 +1,1 @@
+"""Datasets for training: a registry of types built by ``build_dataset(cfg)``."""
