@@ -19,6 +19,9 @@ import torch
 from vla_core import MissingExtraError
 
 
+_ORPHANED: list[Any] = []  # containers inherited through fork: never touched again
+
+
 class FrameTimestampError(ValueError):
     """No decoded frame lies within ``tolerance_s`` of a requested timestamp (or it is outside the episode)."""
 
@@ -66,7 +69,11 @@ class FrameDecoder:
                 pass
 
     def _container(self, path: Path | str, episode: int | None):
-        if self._pid != os.getpid():  # forked: the parent's demuxer state is not ours to use
+        if self._pid != os.getpid():
+            # Forked (DataLoader worker): the parent's containers share its file offsets and their
+            # decoder threads do not exist here; closing them could hang, so they are set aside
+            # unclosed for the life of this process and fresh ones are opened.
+            _ORPHANED.extend(self._open.values())
             self._open = OrderedDict()
             self._pid = os.getpid()
         key = str(path)
