@@ -173,6 +173,26 @@ def test_dataloader_workers_return_the_same_items(video_root: Path) -> None:
         assert first["task"][j] == ds[j]["task"]
 
 
+def test_trainer_protocol_delta_indices_and_read_frames(video_root: Path, episodes: list[dict]) -> None:
+    by_seconds = LeRobotV3Dataset(video_root, delta_timestamps={"action": [-0.1, 0.0, 0.1, 0.2]})
+    by_frames = build_lerobot_dataset({"type": "lerobot", "root": str(video_root),
+                                       "delta_indices": {"action": [-1, 0, 1, 2]}})
+    for i in (0, 5, 6, 20, len(by_frames) - 1):
+        assert torch.equal(by_frames[i]["action"], by_seconds[i]["action"])
+        assert torch.equal(by_frames[i]["action_is_pad"], by_seconds[i]["action_is_pad"])
+    with pytest.raises(LeRobotDataError, match="unknown feature.*'observation.velocity'"):
+        by_frames.set_delta_indices({"observation.velocity": [0]})
+    idx = np.array([0, 4, 7, 16, 25])
+    actions = by_frames.read_frames("action", idx)
+    assert actions.dtype == np.float32 and actions.shape == (5, 3)
+    want = np.stack([episodes[_frame_of(episodes, i)[0]]["action"][_frame_of(episodes, i)[1]] for i in idx])
+    np.testing.assert_array_equal(actions, want)
+    images = by_frames.read_frames(CAM, idx)
+    assert images.dtype == np.float32 and images.shape == (5, 3, 32, 32)
+    for j, i in enumerate(idx):
+        np.testing.assert_array_equal(images[j], by_frames[int(i)][CAM].numpy())
+
+
 def test_image_transforms_apply_to_cameras(image_root: Path) -> None:
     ds = LeRobotV3Dataset(image_root, image_transforms=lambda x: 1 - x)
     plain = LeRobotV3Dataset(image_root)
@@ -196,10 +216,15 @@ def test_episode_split_train_val(image_root: Path) -> None:
 
 
 def test_bad_config_and_selection_errors(image_root: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown key.*'shuffle'"):
+    with pytest.raises(ConfigError, match="unknown field 'shuffle'"):
         build_lerobot_dataset({"type": "lerobot", "root": str(image_root), "shuffle": True})
-    with pytest.raises(ConfigError, match="data.root"):
+    with pytest.raises(ConfigError, match="'root'"):
         build_lerobot_dataset({"type": "lerobot"})
+    with pytest.raises(ConfigError, match="data.episodes"):
+        build_lerobot_dataset({"type": "lerobot", "root": str(image_root), "episodes": "first:last"})
+    with pytest.raises(ConfigError, match="not both"):
+        build_lerobot_dataset({"root": str(image_root), "delta_timestamps": {"action": [0.0]},
+                               "delta_indices": {"action": [0]}})
     with pytest.raises(LeRobotDataError, match=r"episodes \[7\]"):
         LeRobotV3Dataset(image_root, episodes=[0, 7])
     with pytest.raises(LeRobotDataError, match="not multiples of 1/fps"):

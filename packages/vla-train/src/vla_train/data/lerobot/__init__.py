@@ -8,13 +8,16 @@ Needs the ``vla-train[lerobot]`` extra (pyarrow, and PyAV, whose wheels bundle F
 
 from __future__ import annotations
 
-from vla_train.data.lerobot.dataset import LeRobotDataError, LeRobotV3Dataset, build_lerobot_dataset
+from vla_train.data.lerobot.config import LeRobotDataset, LeRobotDatasetConfig, build_lerobot_dataset
+from vla_train.data.lerobot.dataset import LeRobotDataError, LeRobotV3Dataset
 from vla_train.data.lerobot.meta import LeRobotMeta, load_meta
 from vla_train.data.lerobot.video import FrameTimestampError, VideoDecodeError
 
 __all__ = [
     "FrameTimestampError",
     "LeRobotDataError",
+    "LeRobotDataset",
+    "LeRobotDatasetConfig",
     "LeRobotMeta",
     "LeRobotV3Dataset",
     "VideoDecodeError",

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_core import ConfigError, PolicyFeature
+from vla_core import PolicyFeature
 from vla_core.features import TASK
 from vla_train.data.lerobot.meta import (
     LeRobotDataError,
@@ -30,7 +30,7 @@ from vla_train.data.lerobot.video import FrameDecoder, FrameTimestampError
 
 _NUMERIC_DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
 
-__all__ = ["LeRobotDataError", "LeRobotV3Dataset", "build_lerobot_dataset", "resolve_root"]
+__all__ = ["LeRobotDataError", "LeRobotV3Dataset", "resolve_root"]
 
 
 def resolve_root(root: str | Path, revision: str | None = None) -> Path:
@@ -225,6 +225,38 @@ class LeRobotV3Dataset(torch.utils.data.Dataset):
                 if not path.is_file():
                     raise LeRobotDataError(f"missing video file {path} (episode {ep}, {key})")
 
+    # -------------------------------------------------------------------- trainer's dataset protocol
+
+    def set_delta_indices(self, delta_indices: Mapping[str, Sequence[int]]) -> None:
+        """Windows as frame offsets ``{key: [int, ...]}`` (``delta_timestamps * fps``); replaces the current ones."""
+        unknown = sorted(set(delta_indices) - set(self.meta.features))
+        if unknown:
+            raise LeRobotDataError(
+                f"delta indices name unknown feature(s) {unknown}; {self.root / 'meta/info.json'} "
+                f"declares {sorted(self.meta.features)}"
+            )
+        self.delta_indices = {k: np.asarray(v, dtype=np.int64).reshape(-1) for k, v in delta_indices.items()}
+
+    def read_frames(self, key: str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Frames of ``key`` at dataset positions ``indices``: float32 ``(N, *shape)``, images ``(N, C, H, W)``.
+
+        No windows: one frame per index (used to compute normalization stats). Video frames are
+        decoded per episode with one seek for each run of requested frames.
+        """
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if key not in self.meta.features:
+            raise LeRobotDataError(f"read_frames: unknown feature {key!r}; features: {sorted(self.meta.features)}")
+        if self.meta.features[key]["dtype"] != "video":
+            value = self._value(key, rows)
+            return value.numpy().astype(np.float32, copy=False)
+        out = np.empty((len(rows), *self.meta.policy_features()[key].shape), dtype=np.float32)
+        episodes = self._columns["episode_index"][rows]
+        timestamps = self._columns["timestamp"][rows].astype(np.float64)
+        for ep in np.unique(episodes):
+            sel = np.flatnonzero(episodes == ep)
+            out[sel] = self.frames_at(int(ep), key, timestamps[sel].tolist()).numpy()
+        return out
+
     # --------------------------------------------------------------------------------------- reading
 
     def __len__(self) -> int:
@@ -316,34 +348,3 @@ class LeRobotV3Dataset(torch.utils.data.Dataset):
             )
         frames = self._decoder.frames(path, [offset + t for t in timestamps], self.tolerance_s, episode=episode)
         return frames.float().div(255)
-
-
-def build_lerobot_dataset(cfg: Mapping[str, Any]) -> LeRobotV3Dataset:
-    """The ``data:`` section ``{type: lerobot, root, delta_timestamps?, episodes?, tolerance_s?, revision?}``.
-
-    ``episodes`` is a list of episode indices or a ``"start:stop"`` range (as ``info.json`` splits).
-    """
-    allowed = {"type", "root", "delta_timestamps", "episodes", "tolerance_s", "revision"}
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        raise ConfigError(f"data: unknown key(s) {unknown} for type 'lerobot'; valid keys: {sorted(allowed)}")
-    if "root" not in cfg:
-        raise ConfigError("data.root: missing; give a LeRobotDataset v3.0 directory or a hub id 'owner/name'")
-    episodes = cfg.get("episodes")
-    if isinstance(episodes, str):
-        try:
-            start, stop = (int(p) for p in episodes.split(":"))
-        except ValueError:
-            raise ConfigError(f"data.episodes: expected a list of ints or 'start:stop', received {episodes!r}") from None
-        episodes = list(range(start, stop))
-    tolerance_s = cfg.get("tolerance_s", 1e-4)
-    if not isinstance(tolerance_s, (int, float)) or tolerance_s <= 0:
-        raise ConfigError(f"data.tolerance_s: expected a positive number, received {tolerance_s!r}")
-    return LeRobotV3Dataset(
-        cfg["root"],
-        delta_timestamps=cfg.get("delta_timestamps"),
-        episodes=episodes,
-        tolerance_s=float(tolerance_s),
-        revision=cfg.get("revision"),
-    )
-
