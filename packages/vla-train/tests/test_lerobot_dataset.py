@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -171,6 +172,27 @@ def test_dataloader_workers_return_the_same_items(video_root: Path) -> None:
     for j in range(5):
         assert torch.equal(first[CAM][j], ds[j][CAM])
         assert first["task"][j] == ds[j]["task"]
+
+
+def _collect_garbage(_: int) -> None:
+    gc.collect()
+
+
+def test_workers_survive_datasets_freed_after_fork(video_root: Path) -> None:
+    """A dataset that decoded in the parent and is freed in a worker must not hang the worker."""
+    gc.disable()
+    try:
+        old = LeRobotV3Dataset(video_root)
+        old[0]
+        old.cycle = old  # only the cycle collector frees it: in the worker, by _collect_garbage
+        del old
+        ds = LeRobotV3Dataset(video_root, delta_timestamps={CAM: [-0.1, 0.0]})
+        ds[1]
+        loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, timeout=120,
+                                             worker_init_fn=_collect_garbage)
+        assert sum(len(b["task"]) for b in loader) == len(ds)
+    finally:
+        gc.enable()
 
 
 def test_trainer_protocol_delta_indices_and_read_frames(video_root: Path, episodes: list[dict]) -> None:

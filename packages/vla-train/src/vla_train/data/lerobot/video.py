@@ -19,7 +19,7 @@ import torch
 from vla_core import MissingExtraError
 
 
-_ORPHANED: list[Any] = []  # containers inherited through fork: never touched again
+_OPEN: dict[int, OrderedDict[str, Any]] = {}  # pid -> the containers that process opened
 
 
 class FrameTimestampError(ValueError):
@@ -42,44 +42,42 @@ def _where(path: Path | str, episode: int | None) -> str:
     return f"{path}" if episode is None else f"{path} (episode {episode})"
 
 
+def _containers() -> OrderedDict[str, Any]:
+    """This process's open containers, by path.
+
+    Module-level and keyed by pid: a forked child (a DataLoader worker) never touches, closes or
+    frees its parent's containers (their decoder threads do not exist in the child, and freeing
+    one can block forever on an inherited lock), whatever happens to the objects that opened them.
+    """
+    return _OPEN.setdefault(os.getpid(), OrderedDict())
+
+
 class FrameDecoder:
     """Decodes frames of video files at given timestamps; containers stay open per process.
 
-    Not shared across processes: after a fork (DataLoader workers) the inherited containers are
-    dropped and reopened on first use, and pickling drops them too.
+    Containers live in a per-process LRU cache shared by all decoders (``max_open`` per process),
+    reopened on first use after a fork; pickling carries only the settings.
     """
 
     def __init__(self, max_open: int = 32) -> None:
         self.max_open = max_open
-        self._open: OrderedDict[str, Any] = OrderedDict()
-        self._pid = os.getpid()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"max_open": self.max_open}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["max_open"])
 
     def close(self) -> None:
-        while self._open:
-            _, container = self._open.popitem()
+        """Close this process's containers."""
+        cache = _containers()
+        while cache:
+            _, container = cache.popitem()
             try:
                 container.close()
             except Exception:  # noqa: BLE001 - closing a broken container must not mask the real error
                 pass
 
     def _container(self, path: Path | str, episode: int | None):
-        if self._pid != os.getpid():
-            # Forked (DataLoader worker): the parent's containers share its file offsets and their
-            # decoder threads do not exist here; closing them could hang, so they are set aside
-            # unclosed for the life of this process and fresh ones are opened.
-            _ORPHANED.extend(self._open.values())
-            self._open = OrderedDict()
-            self._pid = os.getpid()
+        cache = _containers()
         key = str(path)
-        container = self._open.get(key)
+        container = cache.get(key)
         if container is not None:
-            self._open.move_to_end(key)
+            cache.move_to_end(key)
             return container
         av = _import_av()
         if not Path(path).is_file():
@@ -92,9 +90,9 @@ class FrameDecoder:
             raise VideoDecodeError(f"cannot open video {_where(path, episode)}: {err}") from None
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        self._open[key] = container
-        while len(self._open) > self.max_open:
-            _, old = self._open.popitem(last=False)
+        cache[key] = container
+        while len(cache) > self.max_open:
+            _, old = cache.popitem(last=False)
             old.close()
         return container
 
@@ -156,7 +154,7 @@ class FrameDecoder:
         return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
 
     def _drop(self, path: Path | str) -> None:
-        container = self._open.pop(str(path), None)
+        container = _containers().pop(str(path), None)
         if container is not None:
             try:
                 container.close()
