@@ -23,7 +23,7 @@ from vla_train.data.lerobot import (
     VideoDecodeError,
     build_lerobot_dataset,
 )
-from vla_train.data.lerobot.convert_toy import convert_toy
+from vla_train.data.lerobot.convert_toy import convert_toy, episodes_from_arrays
 
 FPS = 10
 LENGTHS = (6, 9, 4, 7)
@@ -112,6 +112,22 @@ def test_converter_round_trip_video_within_codec_tolerance(video_root: Path, epi
             other_t = torch.from_numpy(other).permute(2, 0, 1).float() / 255
             assert (item[CAM] - want).abs().mean() < (item[CAM] - other_t).abs().mean()
         assert torch.equal(item["action"], torch.from_numpy(episodes[ep]["action"][t]))
+
+
+def test_flat_toy_arrays_convert_and_read_back(tmp_path: Path, episodes: list[dict]) -> None:
+    """The toy generator's flat layout (float CHW images, episode_index) round-trips through the converter."""
+    images = np.concatenate([ep["observation.image"] for ep in episodes]).transpose(0, 3, 1, 2) / 255.0
+    state = np.concatenate([ep["observation.state"] for ep in episodes])
+    action = np.concatenate([ep["action"] for ep in episodes])
+    episode_index = np.repeat(np.arange(len(LENGTHS)), LENGTHS)
+    split = episodes_from_arrays(images, state, action, episode_index, [ep["task"] for ep in episodes])
+    assert [len(ep["action"]) for ep in split] == list(LENGTHS)
+    ds = LeRobotV3Dataset(convert_toy(split, tmp_path / "flat", fps=FPS, video=False))
+    for i in (0, 5, 6, 20, len(ds) - 1):
+        assert torch.equal(ds[i][CAM], torch.from_numpy(images[i]).float())
+        assert torch.equal(ds[i]["action"], torch.from_numpy(action[i]))
+    with pytest.raises(ValueError, match="contiguous"):
+        episodes_from_arrays(images[:4], state[:4], action[:4], np.array([0, 1, 0, 1]), "x")
 
 
 def test_features_and_stats_feed_the_normalizer(image_root: Path, episodes: list[dict]) -> None:

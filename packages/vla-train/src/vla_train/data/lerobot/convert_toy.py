@@ -7,9 +7,11 @@ A bare ``observation.image`` is renamed to ``observation.images.<camera>``, the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from vla_core.features import OBS_IMAGE_PREFIX
 from vla_train.data.lerobot.writer import write_lerobot_dataset
@@ -21,6 +23,37 @@ def toy_to_lerobot_episode(episode: Mapping[str, Any], camera: str = "top") -> d
     if "observation.image" in out:
         out[OBS_IMAGE_PREFIX + camera] = out.pop("observation.image")
     return out
+
+
+def episodes_from_arrays(
+    images: np.ndarray,
+    state: np.ndarray,
+    action: np.ndarray,
+    episode_index: np.ndarray,
+    tasks: Sequence[str] | str,
+) -> list[dict[str, Any]]:
+    """Split flat frame arrays (as a toy generator returns them) into the episodes ``convert_toy`` takes.
+
+    ``images`` (N, 3, S, S) float in [0, 1] (or uint8 (N, S, S, 3)), ``state`` (N, S), ``action`` (N, A),
+    ``episode_index`` (N,) with each episode's frames contiguous; ``tasks`` one string per episode
+    (or one for all). Images become uint8 (T, S, S, 3), rounded.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
+    episode_index = np.asarray(episode_index)
+    starts = np.flatnonzero(np.r_[True, np.diff(episode_index) != 0])
+    ends = np.r_[starts[1:], len(episode_index)]
+    if len(np.unique(episode_index)) != len(starts):
+        raise ValueError("episodes_from_arrays: each episode's frames must be contiguous")
+    task_list = [tasks] * len(starts) if isinstance(tasks, str) else list(tasks)
+    if len(task_list) != len(starts):
+        raise ValueError(f"episodes_from_arrays: {len(task_list)} tasks for {len(starts)} episodes")
+    return [
+        {"observation.image": images[a:b], "observation.state": np.asarray(state[a:b], np.float32),
+         "action": np.asarray(action[a:b], np.float32), "task": task}
+        for a, b, task in zip(starts, ends, task_list)
+    ]
 
 
 def convert_toy(
