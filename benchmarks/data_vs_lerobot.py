@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from vla_train.data.lerobot import LeRobotV3Dataset
 
@@ -50,11 +49,23 @@ def record(root: Path, episodes: int, length: int, size: int) -> None:
     yy, xx = np.mgrid[0:size, 0:size]
     for ep in range(episodes):
         for t in range(length):
-            img = np.stack([128 + 90 * np.sin((xx + 2 * t + ep) / 7.0), 128 + 90 * np.cos((yy + t) / 5.0),
-                            (xx + yy + 3 * t) % 256], axis=-1)
+            img = np.stack(
+                [
+                    128 + 90 * np.sin((xx + 2 * t + ep) / 7.0),
+                    128 + 90 * np.cos((yy + t) / 5.0),
+                    (xx + yy + 3 * t) % 256,
+                ],
+                axis=-1,
+            )
             img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
-            ds.add_frame({CAM: img, "observation.state": rng.normal(size=6).astype(np.float32),
-                          "action": rng.normal(size=6).astype(np.float32), "task": f"task {ep % 3}"})
+            ds.add_frame(
+                {
+                    CAM: img,
+                    "observation.state": rng.normal(size=6).astype(np.float32),
+                    "action": rng.normal(size=6).astype(np.float32),
+                    "task": f"task {ep % 3}",
+                }
+            )
         ds.save_episode()
     ds.finalize()
 
@@ -62,8 +73,13 @@ def record(root: Path, episodes: int, length: int, size: int) -> None:
 def frames_per_second(dataset, *, workers: int, batch_size: int, batches: int, seed: int) -> float:
     """Samples/s over ``batches`` batches after the first (worker start-up excluded)."""
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-        generator=torch.Generator().manual_seed(seed), persistent_workers=False, drop_last=True,
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+        drop_last=True,
     )
     it = iter(loader)
     next(it)
@@ -79,8 +95,12 @@ def frames_per_second(dataset, *, workers: int, batch_size: int, batches: int, s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=None,
-                        help="a v3.0 dataset (recorded there first if missing; default: a temporary one)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="a v3.0 dataset (recorded there first if missing; default: a temporary one)",
+    )
     parser.add_argument("--episodes", type=int, default=12)
     parser.add_argument("--length", type=int, default=60)
     parser.add_argument("--size", type=int, default=96)
@@ -105,19 +125,23 @@ def main() -> None:
     dt = 1 / FPS
     cases = {
         "diffusion (2 obs frames, 16 actions)": {
-            CAM: [-dt, 0.0], "observation.state": [-dt, 0.0], "action": [i * dt for i in range(-1, 15)],
+            CAM: [-dt, 0.0],
+            "observation.state": [-dt, 0.0],
+            "action": [i * dt for i in range(-1, 15)],
         },
         "act (1 frame, 20 actions)": {"action": [i * dt for i in range(20)]},
     }
-    print(f"workers={args.workers} batch_size={args.batch_size} batches={args.batches} repeats={args.repeats} "
-          f"threads={args.threads}")
+    print(
+        f"workers={args.workers} batch_size={args.batch_size} batches={args.batches} repeats={args.repeats} "
+        f"threads={args.threads}"
+    )
     for name, delta in cases.items():
         ours = LeRobotV3Dataset(root, delta_timestamps=delta)
         peer = LeRobotDataset("bench/data", root=root, delta_timestamps=delta)
         # same sample: decoded frames agree
         a, b = ours[len(ours) // 2], peer[len(peer) // 2]
         assert torch.equal(a["action"], b["action"]) and (a[CAM] - b[CAM]).abs().max() <= 3 / 255
-        kw = dict(workers=args.workers, batch_size=args.batch_size, batches=args.batches)
+        kw = {"workers": args.workers, "batch_size": args.batch_size, "batches": args.batches}
         ours_fps, peer_fps = [], []
         for r in range(args.repeats):
             ours_fps.append(frames_per_second(ours, seed=r, **kw))
@@ -125,8 +149,10 @@ def main() -> None:
             peer_fps.append(frames_per_second(peer, seed=r, **kw))
             print(f"  repeat {r}: lerobot {peer_fps[-1]:.1f} frames/s", flush=True)
         o, p = statistics.median(ours_fps), statistics.median(peer_fps)
-        print(f"{name:40s} ours {o:8.1f} frames/s   lerobot ({peer._video_backend}) {p:8.1f} frames/s   "
-              f"ratio ours/lerobot {o / p:5.2f}")
+        print(
+            f"{name:40s} ours {o:8.1f} frames/s   lerobot ({peer._video_backend}) {p:8.1f} frames/s   "
+            f"ratio ours/lerobot {o / p:5.2f}"
+        )
     if tmp is not None:
         tmp.cleanup()
 

@@ -20,7 +20,6 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-
 from vla_train.data.lerobot import LeRobotV3Dataset
 from vla_train.data.lerobot.convert_toy import convert_toy
 
@@ -69,7 +68,12 @@ def peer_dumps(lerobot_061_python: Path, tmp_path_factory: pytest.TempPathFactor
     cases = {
         "plain": {"root": str(recorded), "indices": EDGES},
         "windows": {"root": str(recorded), "indices": EDGES, "delta": WINDOWS},
-        "selected": {"root": str(recorded), "indices": list(range(34)), "delta": WINDOWS, "episodes": SELECTED},
+        "selected": {
+            "root": str(recorded),
+            "indices": list(range(34)),
+            "delta": WINDOWS,
+            "episodes": SELECTED,
+        },
         "ours_written": {
             "root": str(ours),
             "indices": list(range(24)),
@@ -83,7 +87,10 @@ def peer_dumps(lerobot_061_python: Path, tmp_path_factory: pytest.TempPathFactor
     (tmp / "plan.json").write_text(json.dumps(plan))
     proc = subprocess.run(
         [str(lerobot_061_python), str(SCRIPT), str(tmp / "plan.json")],
-        capture_output=True, text=True, timeout=900, check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {"recorded": recorded, "cases": cases, "tmp": tmp}
@@ -109,7 +116,12 @@ def _compare(ds: LeRobotV3Dataset, path: Path, indices: list[int]) -> None:
             if not isinstance(theirs, torch.Tensor):
                 assert mine == theirs, (i, key)
                 continue
-            assert mine.dtype == theirs.dtype and mine.shape == theirs.shape, (i, key, mine.shape, theirs.shape)
+            assert mine.dtype == theirs.dtype and mine.shape == theirs.shape, (
+                i,
+                key,
+                mine.shape,
+                theirs.shape,
+            )
             if key in video:
                 torch.testing.assert_close(mine, theirs, atol=VIDEO_ATOL, rtol=0, msg=f"index {i} {key}")
             else:
@@ -122,7 +134,9 @@ def test_recorded_dataset_is_multi_episode_multi_file(peer_dumps: dict) -> None:
     videos = [ds.meta.video_file(e, "observation.images.cam") for e in range(6)]
     assert len(set(files)) >= 2 and len(set(files)) < 6, files
     assert len(set(videos)) >= 2 and len(set(videos)) < 6, videos
-    assert ds.meta.video_keys == ["observation.images.cam"] and ds.meta.image_keys == ["observation.images.wrist"]
+    assert ds.meta.video_keys == ["observation.images.cam"] and ds.meta.image_keys == [
+        "observation.images.wrist"
+    ]
 
 
 @pytest.mark.parametrize("case", ["plain", "windows", "selected"])

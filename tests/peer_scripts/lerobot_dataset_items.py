@@ -22,14 +22,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
-
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from safetensors.torch import save_file
 
 FPS = 10
 FEATURES = {
-    "observation.images.cam": {"dtype": "video", "shape": (32, 48, 3), "names": ["height", "width", "channels"]},
-    "observation.images.wrist": {"dtype": "image", "shape": (16, 24, 3), "names": ["height", "width", "channels"]},
+    "observation.images.cam": {
+        "dtype": "video",
+        "shape": (32, 48, 3),
+        "names": ["height", "width", "channels"],
+    },
+    "observation.images.wrist": {
+        "dtype": "image",
+        "shape": (16, 24, 3),
+        "names": ["height", "width", "channels"],
+    },
     "observation.state": {"dtype": "float32", "shape": (3,), "names": None},
     "observation.environment_state": {"dtype": "float32", "shape": (4,), "names": None},
     "action": {"dtype": "float32", "shape": (2,), "names": None},
@@ -42,7 +49,11 @@ def _frame(rng: np.random.Generator, h: int, w: int, t: int) -> np.ndarray:
     """A smooth moving pattern plus a little noise: compresses like camera footage, not like static."""
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack(
-        [128 + 100 * np.sin((xx + 3 * t) / 5.0), 128 + 100 * np.cos((yy + 2 * t) / 4.0), (xx * yy + 7 * t) % 256],
+        [
+            128 + 100 * np.sin((xx + 3 * t) / 5.0),
+            128 + 100 * np.cos((yy + 2 * t) / 4.0),
+            (xx * yy + 7 * t) % 256,
+        ],
         axis=-1,
     )
     return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)

@@ -14,7 +14,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from vla_core import ConfigError, FeatureType, Normalizer
 from vla_train.data.lerobot import (
     FrameTimestampError,
@@ -58,12 +57,16 @@ def episodes() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory: pytest.TempPathFactory, episodes: list[dict]) -> Path:
-    return convert_toy(episodes, tmp_path_factory.mktemp("png") / "ds", fps=FPS, video=False, episodes_per_file=3)
+    return convert_toy(
+        episodes, tmp_path_factory.mktemp("png") / "ds", fps=FPS, video=False, episodes_per_file=3
+    )
 
 
 @pytest.fixture(scope="module")
 def video_root(tmp_path_factory: pytest.TempPathFactory, episodes: list[dict]) -> Path:
-    return convert_toy(episodes, tmp_path_factory.mktemp("mp4") / "ds", fps=FPS, video=True, episodes_per_file=3)
+    return convert_toy(
+        episodes, tmp_path_factory.mktemp("mp4") / "ds", fps=FPS, video=True, episodes_per_file=3
+    )
 
 
 def _copy(root: Path, tmp_path: Path) -> Path:
@@ -161,9 +164,14 @@ def test_features_and_stats_feed_the_normalizer(image_root: Path, episodes: list
     action=st.lists(st.integers(-3, 8), min_size=1, max_size=6),
     state=st.lists(st.integers(-4, 1), min_size=1, max_size=3),
 )
-def test_windows_clamp_and_pad_like_lerobot(image_root: Path, episodes: list[dict], index, action, state) -> None:
-    delta = {"action": [d / FPS for d in action], "observation.state": [d / FPS for d in state],
-             CAM: [d / FPS for d in state]}
+def test_windows_clamp_and_pad_like_lerobot(
+    image_root: Path, episodes: list[dict], index, action, state
+) -> None:
+    delta = {
+        "action": [d / FPS for d in action],
+        "observation.state": [d / FPS for d in state],
+        CAM: [d / FPS for d in state],
+    }
     item = LeRobotV3Dataset(image_root, delta_timestamps=delta)[index]
     ep, t = _frame_of(episodes, index)
     n = LENGTHS[ep]
@@ -204,8 +212,9 @@ def test_workers_survive_datasets_freed_after_fork(video_root: Path) -> None:
         del old
         ds = LeRobotV3Dataset(video_root, delta_timestamps={CAM: [-0.1, 0.0]})
         ds[1]
-        loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, timeout=120,
-                                             worker_init_fn=_collect_garbage)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=4, num_workers=2, timeout=120, worker_init_fn=_collect_garbage
+        )
         assert sum(len(b["task"]) for b in loader) == len(ds)
     finally:
         gc.enable()
@@ -213,8 +222,9 @@ def test_workers_survive_datasets_freed_after_fork(video_root: Path) -> None:
 
 def test_trainer_protocol_delta_indices_and_read_frames(video_root: Path, episodes: list[dict]) -> None:
     by_seconds = LeRobotV3Dataset(video_root, delta_timestamps={"action": [-0.1, 0.0, 0.1, 0.2]})
-    by_frames = build_lerobot_dataset({"type": "lerobot", "root": str(video_root),
-                                       "delta_indices": {"action": [-1, 0, 1, 2]}})
+    by_frames = build_lerobot_dataset(
+        {"type": "lerobot", "root": str(video_root), "delta_indices": {"action": [-1, 0, 1, 2]}}
+    )
     for i in (0, 5, 6, 20, len(by_frames) - 1):
         assert torch.equal(by_frames[i]["action"], by_seconds[i]["action"])
         assert torch.equal(by_frames[i]["action_is_pad"], by_seconds[i]["action_is_pad"])
@@ -261,8 +271,9 @@ def test_bad_config_and_selection_errors(image_root: Path) -> None:
     with pytest.raises(ConfigError, match="data.episodes"):
         build_lerobot_dataset({"type": "lerobot", "root": str(image_root), "episodes": "first:last"})
     with pytest.raises(ConfigError, match="not both"):
-        build_lerobot_dataset({"root": str(image_root), "delta_timestamps": {"action": [0.0]},
-                               "delta_indices": {"action": [0]}})
+        build_lerobot_dataset(
+            {"root": str(image_root), "delta_timestamps": {"action": [0.0]}, "delta_indices": {"action": [0]}}
+        )
     with pytest.raises(LeRobotDataError, match=r"episodes \[7\]"):
         LeRobotV3Dataset(image_root, episodes=[0, 7])
     with pytest.raises(LeRobotDataError, match="not multiples of 1/fps"):

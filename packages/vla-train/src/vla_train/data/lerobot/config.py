@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vla_core import ComponentConfig, ConfigError
+
 from vla_train.data.lerobot.dataset import LeRobotV3Dataset
 
 
@@ -43,7 +44,9 @@ class LeRobotDatasetConfig(ComponentConfig):
                 f"{self.stats_frames}"
             )
         if self.delta_timestamps and self.delta_indices:
-            raise ConfigError("data: give windows as delta_timestamps (seconds) or delta_indices (frames), not both")
+            raise ConfigError(
+                "data: give windows as delta_timestamps (seconds) or delta_indices (frames), not both"
+            )
         self.episode_list()  # validates the "start:stop" form
 
     def episode_list(self) -> list[int] | None:

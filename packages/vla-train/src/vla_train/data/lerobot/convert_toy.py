@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from vla_core.features import OBS_IMAGE_PREFIX
+
 from vla_train.data.lerobot.writer import write_lerobot_dataset
 
 
@@ -50,8 +50,12 @@ def episodes_from_arrays(
     if len(task_list) != len(starts):
         raise ValueError(f"episodes_from_arrays: {len(task_list)} tasks for {len(starts)} episodes")
     return [
-        {"observation.image": images[a:b], "observation.state": np.asarray(state[a:b], np.float32),
-         "action": np.asarray(action[a:b], np.float32), "task": task}
+        {
+            "observation.image": images[a:b],
+            "observation.state": np.asarray(state[a:b], np.float32),
+            "action": np.asarray(action[a:b], np.float32),
+            "task": task,
+        }
         for a, b, task in zip(starts, ends, task_list)
     ]
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from vla_core import PolicyFeature
 from vla_core.features import TASK
+
 from vla_train.data.lerobot.meta import (
     LeRobotDataError,
     LeRobotMeta,
@@ -46,7 +46,9 @@ def resolve_root(root: str | Path, revision: str | None = None) -> Path:
     raise LeRobotDataError(f"missing dataset directory {path} (and {text!r} is not a hub id 'owner/name')")
 
 
-def _delta_indices(delta_timestamps: Mapping[str, Sequence[float]], fps: int, tolerance_s: float) -> dict[str, np.ndarray]:
+def _delta_indices(
+    delta_timestamps: Mapping[str, Sequence[float]], fps: int, tolerance_s: float
+) -> dict[str, np.ndarray]:
     """Offsets in frames, ``round(delta * fps)``; each delta must be a multiple of 1/fps within tolerance."""
     out = {}
     for key, deltas in delta_timestamps.items():
@@ -181,7 +183,9 @@ class LeRobotV3Dataset(torch.utils.data.Dataset):
                 self._columns[key] = np.concatenate(parts[key]) if parts[key] else np.zeros((0,))
         self._index = self._columns["index"].astype(np.int64)
         episode_col = self._columns["episode_index"]
-        self._row_of_index = np.full(int(self._index.max()) + 1 if len(self._index) else 0, -1, dtype=np.int64)
+        self._row_of_index = np.full(
+            int(self._index.max()) + 1 if len(self._index) else 0, -1, dtype=np.int64
+        )
         self._row_of_index[self._index] = np.arange(len(self._index))
         self._ep_bounds = {}
         for ep in self.episodes:
@@ -206,8 +210,10 @@ class LeRobotV3Dataset(torch.utils.data.Dataset):
             return np.array(col.to_pylist(), dtype=object)
         shape = tuple(int(s) for s in feat["shape"])
         values = col.combine_chunks()
-        while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type) or pa.types.is_large_list(
-            values.type
+        while (
+            pa.types.is_list(values.type)
+            or pa.types.is_fixed_size_list(values.type)
+            or pa.types.is_large_list(values.type)
         ):
             values = pc.list_flatten(values)
         flat = values.to_numpy(zero_copy_only=False)
@@ -245,7 +251,9 @@ class LeRobotV3Dataset(torch.utils.data.Dataset):
         """
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)
         if key not in self.meta.features:
-            raise LeRobotDataError(f"read_frames: unknown feature {key!r}; features: {sorted(self.meta.features)}")
+            raise LeRobotDataError(
+                f"read_frames: unknown feature {key!r}; features: {sorted(self.meta.features)}"
+            )
         if self.meta.features[key]["dtype"] != "video":
             value = self._value(key, rows)
             return value.numpy().astype(np.float32, copy=False)
@@ -346,5 +354,7 @@ class LeRobotV3Dataset(torch.utils.data.Dataset):
                 f"{path} (episode {episode}, {key}): timestamp(s) {bad} s lie outside the episode's "
                 f"frames [0, {last:.6f}] s (tolerance_s={self.tolerance_s})"
             )
-        frames = self._decoder.frames(path, [offset + t for t in timestamps], self.tolerance_s, episode=episode)
+        frames = self._decoder.frames(
+            path, [offset + t for t in timestamps], self.tolerance_s, episode=episode
+        )
         return frames.float().div(255)

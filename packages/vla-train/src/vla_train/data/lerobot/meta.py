@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from vla_core import FeatureType, MissingExtraError, PolicyFeature
-from vla_core.features import ACTION, OBS_ENV_STATE, OBS_IMAGE_PREFIX, OBS_STATE, TASK
+from vla_core.features import ACTION, OBS_ENV_STATE, OBS_STATE, TASK
 
 CODEBASE_VERSION = "v3.0"
 INFO_PATH = "meta/info.json"
@@ -56,7 +55,9 @@ def import_pyarrow():
 
 def _read_json(path: Path) -> Any:
     if not path.is_file():
-        raise LeRobotDataError(f"missing file {path} (is {path.parent.parent} a LeRobotDataset v3.0 directory?)")
+        raise LeRobotDataError(
+            f"missing file {path} (is {path.parent.parent} a LeRobotDataset v3.0 directory?)"
+        )
     try:
         return json.loads(path.read_text())
     except ValueError as err:
@@ -69,7 +70,7 @@ def _read_parquet(path: Path, columns: list[str] | None = None):
         raise LeRobotDataError(f"missing file {path}")
     try:
         return pq.read_table(path, columns=columns)
-    except Exception as err:  # pyarrow raises ArrowInvalid/OSError/KeyError subclasses
+    except Exception as err:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError/KeyError subclasses
         raise LeRobotDataError(f"{path}: cannot read parquet ({type(err).__name__}: {err})") from None
 
 
@@ -92,7 +93,9 @@ class EpisodeTable:
         try:
             row = self.row_of[episode]
         except KeyError:
-            raise LeRobotDataError(f"episode {episode} is not in the dataset ({len(self)} episodes)") from None
+            raise LeRobotDataError(
+                f"episode {episode} is not in the dataset ({len(self)} episodes)"
+            ) from None
         try:
             return self.columns[column][row].item()
         except KeyError:
@@ -135,7 +138,10 @@ class LeRobotMeta:
         return [int(e) for e in self.episodes.columns["episode_index"]]
 
     def data_file(self, episode: int) -> Path:
-        chunk, file = self.episodes.get(episode, "data/chunk_index"), self.episodes.get(episode, "data/file_index")
+        chunk, file = (
+            self.episodes.get(episode, "data/chunk_index"),
+            self.episodes.get(episode, "data/file_index"),
+        )
         return self.root / self.info["data_path"].format(chunk_index=chunk, file_index=file)
 
     def video_file(self, episode: int, key: str) -> Path:
@@ -200,7 +206,9 @@ def load_stats(root: Path) -> dict[str, dict[str, np.ndarray]]:
         if not isinstance(entry, dict):
             raise LeRobotDataError(f"{path}: entry {key!r} is not a mapping of statistics")
         stats[key] = {
-            name: np.atleast_1d(np.asarray(value, dtype=np.float32)) for name, value in entry.items() if name in NORMALIZER_STATS
+            name: np.atleast_1d(np.asarray(value, dtype=np.float32))
+            for name, value in entry.items()
+            if name in NORMALIZER_STATS
         }
     return stats
 
@@ -228,7 +236,7 @@ def load_episodes(root: Path) -> EpisodeTable:
     for path in files:
         try:
             schema = pq.read_schema(path)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - as above
             raise LeRobotDataError(f"{path}: cannot read parquet ({type(err).__name__}: {err})") from None
         wanted = [n for n in schema.names if not n.startswith("stats/") and n not in ("tasks",)]
         table = _read_parquet(path, columns=wanted)
@@ -246,4 +254,6 @@ def load_meta(root: str | Path) -> LeRobotMeta:
     """Parse ``root/meta``; raises ``LeRobotDataError`` naming the missing or broken file."""
     root = Path(root)
     info = load_info(root)
-    return LeRobotMeta(root=root, info=info, tasks=load_tasks(root), episodes=load_episodes(root), stats=load_stats(root))
+    return LeRobotMeta(
+        root=root, info=info, tasks=load_tasks(root), episodes=load_episodes(root), stats=load_stats(root)
+    )

@@ -8,6 +8,7 @@ to it; a distance of ``tolerance_s`` or more raises ``FrameTimestampError`` (LeR
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -15,9 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from vla_core import MissingExtraError
-
 
 _OPEN: dict[int, OrderedDict[str, Any]] = {}  # pid -> the containers that process opened
 
@@ -34,7 +33,9 @@ def _import_av():
     try:
         import av
     except ImportError as err:  # pragma: no cover - the extra is installed in CI
-        raise MissingExtraError("decoding LeRobot videos needs PyAV: pip install 'vla-train[lerobot]'") from err
+        raise MissingExtraError(
+            "decoding LeRobot videos needs PyAV: pip install 'vla-train[lerobot]'"
+        ) from err
     return av
 
 
@@ -67,10 +68,8 @@ class FrameDecoder:
         cache = _containers()
         while cache:
             _, container = cache.popitem()
-            try:
+            with contextlib.suppress(Exception):  # a broken container must not mask the real error
                 container.close()
-            except Exception:  # noqa: BLE001 - closing a broken container must not mask the real error
-                pass
 
     def _container(self, path: Path | str, episode: int | None):
         cache = _containers()
@@ -113,8 +112,12 @@ class FrameDecoder:
         decoded = 0
         try:
             # One tick before the earliest target: the seek lands on the keyframe at or before it.
-            container.seek(max(int(round(first / stream.time_base)) - 1, 0), backward=True, any_frame=False,
-                           stream=stream)
+            container.seek(
+                max(round(first / stream.time_base) - 1, 0),
+                backward=True,
+                any_frame=False,
+                stream=stream,
+            )
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
@@ -131,7 +134,9 @@ class FrameDecoder:
                     break
         except av.error.FFmpegError as err:
             self._drop(path)
-            raise VideoDecodeError(f"cannot decode video {_where(path, episode)} near t={first:.4f}s: {err}") from None
+            raise VideoDecodeError(
+                f"cannot decode video {_where(path, episode)} near t={first:.4f}s: {err}"
+            ) from None
         if decoded == 0:
             self._drop(path)
             raise VideoDecodeError(
@@ -156,7 +161,5 @@ class FrameDecoder:
     def _drop(self, path: Path | str) -> None:
         container = _containers().pop(str(path), None)
         if container is not None:
-            try:
+            with contextlib.suppress(Exception):
                 container.close()
-            except Exception:  # noqa: BLE001
-                pass

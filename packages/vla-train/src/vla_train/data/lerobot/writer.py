@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from vla_core.features import TASK
+
 from vla_train.data.lerobot.meta import CODEBASE_VERSION, EPISODES_DIR, INFO_PATH, STATS_PATH, TASKS_PATH
 from vla_train.data.lerobot.video import _import_av
 
@@ -47,17 +47,29 @@ def _features(first: Mapping[str, Any], video: bool, codec: str, fps: int) -> di
         arr = np.asarray(value)
         if _is_camera(arr):
             h, w, c = arr.shape[1:]
-            feat: dict[str, Any] = {"dtype": "video" if video else "image", "shape": [h, w, c],
-                                    "names": ["height", "width", "channels"]}
+            feat: dict[str, Any] = {
+                "dtype": "video" if video else "image",
+                "shape": [h, w, c],
+                "names": ["height", "width", "channels"],
+            }
             if video:
-                feat["info"] = {"video.height": h, "video.width": w, "video.codec": codec.replace("libsvt", ""),
-                                "video.pix_fmt": "yuv420p", "video.fps": fps, "video.channels": c,
-                                "has_audio": False, "is_depth_map": False}
+                feat["info"] = {
+                    "video.height": h,
+                    "video.width": w,
+                    "video.codec": codec.replace("libsvt", ""),
+                    "video.pix_fmt": "yuv420p",
+                    "video.fps": fps,
+                    "video.channels": c,
+                    "has_audio": False,
+                    "is_depth_map": False,
+                }
             feats[key] = feat
         else:
             if arr.ndim > 2:
-                raise ValueError(f"feature {key!r}: only cameras (T, H, W, 3) uint8 and (T,) / (T, D) arrays "
-                                 f"are supported, received shape {arr.shape}")
+                raise ValueError(
+                    f"feature {key!r}: only cameras (T, H, W, 3) uint8 and (T,) / (T, D) arrays "
+                    f"are supported, received shape {arr.shape}"
+                )
             dtype = "float32" if np.issubdtype(arr.dtype, np.floating) else str(arr.dtype)
             shape = list(arr.shape[1:]) or [1]
             feats[key] = {"dtype": dtype, "shape": shape, "names": None}
@@ -97,15 +109,15 @@ def _stats(values: np.ndarray, image: bool) -> dict[str, Any]:
     """LeRobot's stats.json entry: per channel ``(C, 1, 1)`` over [0, 1] pixels for images."""
     if image:
         x = values.reshape(-1, values.shape[-1]).astype(np.float64) / 255.0  # (N*H*W, C)
-        reshape = lambda v: np.asarray(v).reshape(-1, 1, 1)  # noqa: E731
+        reshape = lambda v: np.asarray(v).reshape(-1, 1, 1)
     else:
         x = values.reshape(len(values), -1).astype(np.float64)
-        reshape = lambda v: np.asarray(v).reshape(-1)  # noqa: E731
+        reshape = lambda v: np.asarray(v).reshape(-1)
     out = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0)}
     for q in (1, 10, 50, 90, 99):
         out[f"q{q:02d}"] = np.quantile(x, q / 100, axis=0)
     entry = {k: reshape(v).tolist() for k, v in out.items()}
-    entry["count"] = [int(len(values))]
+    entry["count"] = [len(values)]
     return entry
 
 
@@ -114,17 +126,37 @@ def _write_tasks(root: Path, tasks: list[str]) -> None:
     pa, pq = _pa()
     pandas_meta = {
         "index_columns": ["task"],
-        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
-                            "metadata": {"encoding": "UTF-8"}}],
+        "column_indexes": [
+            {
+                "name": None,
+                "field_name": None,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": {"encoding": "UTF-8"},
+            }
+        ],
         "columns": [
-            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
-             "metadata": None},
-            {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": "task",
+                "field_name": "task",
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
         ],
         "attributes": {},
         "creator": {"library": "pyarrow", "version": pa.__version__},
     }
-    table = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()), "task": pa.array(tasks, pa.string())})
+    table = pa.table(
+        {"task_index": pa.array(range(len(tasks)), pa.int64()), "task": pa.array(tasks, pa.string())}
+    )
     table = table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)})
     (root / TASKS_PATH).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, root / TASKS_PATH)
@@ -132,8 +164,10 @@ def _write_tasks(root: Path, tasks: list[str]) -> None:
 
 def _column(pa: Any, values: np.ndarray, feat: dict[str, Any]) -> Any:
     if feat["dtype"] == "image":
-        return pa.array([{"bytes": _png(v), "path": None} for v in values],
-                        pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+        return pa.array(
+            [{"bytes": _png(v), "path": None} for v in values],
+            pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+        )
     arrow_type = pa.from_numpy_dtype(np.dtype(feat["dtype"]))
     if feat["shape"] == [1]:
         return pa.array(values.reshape(len(values)), arrow_type)
@@ -175,21 +209,34 @@ def write_lerobot_dataset(
             if len(v) != n:
                 raise ValueError(f"episode {ep_idx}: {k!r} has {len(v)} frames, expected {n}")
         cols.update(
-            timestamp=(np.arange(n) / fps).astype(np.float32), frame_index=np.arange(n),
-            episode_index=np.full(n, ep_idx), index=np.arange(start, start + n),
+            timestamp=(np.arange(n) / fps).astype(np.float32),
+            frame_index=np.arange(n),
+            episode_index=np.full(n, ep_idx),
+            index=np.arange(start, start + n),
             task_index=np.array([tasks.index(t) for t in task_list]),
         )
         file_index = ep_idx // per_file
         files.setdefault(file_index, []).append(cols)
-        row = {"episode_index": ep_idx, "tasks": sorted(set(task_list), key=tasks.index), "length": n,
-               "data/chunk_index": 0, "data/file_index": file_index,
-               "dataset_from_index": start, "dataset_to_index": start + n}
+        row = {
+            "episode_index": ep_idx,
+            "tasks": sorted(set(task_list), key=tasks.index),
+            "length": n,
+            "data/chunk_index": 0,
+            "data/file_index": file_index,
+            "dataset_from_index": start,
+            "dataset_to_index": start + n,
+        }
         for key, feat in feats.items():
             if feat["dtype"] == "video":
                 before = sum(len(c["index"]) for c in files[file_index][:-1])
-                row.update({f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": file_index,
-                            f"videos/{key}/from_timestamp": before / fps,
-                            f"videos/{key}/to_timestamp": (before + n) / fps})
+                row.update(
+                    {
+                        f"videos/{key}/chunk_index": 0,
+                        f"videos/{key}/file_index": file_index,
+                        f"videos/{key}/from_timestamp": before / fps,
+                        f"videos/{key}/to_timestamp": (before + n) / fps,
+                    }
+                )
         row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
         for k, v in row.items():
             ep_rows.setdefault(k, []).append(v)
@@ -205,23 +252,37 @@ def write_lerobot_dataset(
         for key, feat in feats.items():
             if feat["dtype"] == "video":
                 frames = np.concatenate([p[key] for p in parts])
-                _encode_video(root / VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=file_index),
-                              frames, fps, codec)
+                _encode_video(
+                    root / VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=file_index),
+                    frames,
+                    fps,
+                    codec,
+                )
     ep_path = root / EPISODES_DIR / "chunk-000" / "file-000.parquet"
     ep_path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(ep_rows), ep_path)
     _write_tasks(root, tasks)
     all_cols = {k: np.concatenate([p[k] for parts in files.values() for p in parts]) for k in feats}
-    stats = {k: _stats(v, feats[k]["dtype"] in ("video", "image")) for k, v in all_cols.items()
-             if feats[k]["dtype"] != "string"}
+    stats = {
+        k: _stats(v, feats[k]["dtype"] in ("video", "image"))
+        for k, v in all_cols.items()
+        if feats[k]["dtype"] != "string"
+    }
     (root / STATS_PATH).write_text(json.dumps(stats, indent=2))
     info = {
-        "codebase_version": CODEBASE_VERSION, "fps": fps, "features": feats,
-        "total_episodes": len(episodes), "total_frames": start, "total_tasks": len(tasks),
-        "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 200,
-        "data_path": DATA_PATH, "video_path": VIDEO_PATH if video else None,
-        "robot_type": robot_type, "splits": {"train": f"0:{len(episodes)}"},
+        "codebase_version": CODEBASE_VERSION,
+        "fps": fps,
+        "features": feats,
+        "total_episodes": len(episodes),
+        "total_frames": start,
+        "total_tasks": len(tasks),
+        "chunks_size": 1000,
+        "data_files_size_in_mb": 100,
+        "video_files_size_in_mb": 200,
+        "data_path": DATA_PATH,
+        "video_path": VIDEO_PATH if video else None,
+        "robot_type": robot_type,
+        "splits": {"train": f"0:{len(episodes)}"},
     }
     (root / INFO_PATH).write_text(json.dumps(info, indent=4))
     return root
-
