@@ -44,6 +44,14 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_toy(args: argparse.Namespace) -> int:
+    from vla_train.data.lerobot.convert_toy import export_toy_dataset
+
+    toy = {"num_episodes": args.episodes, "seed": args.seed, "image_size": args.image_size}
+    print(f"wrote {export_toy_dataset(args.dst, toy, video=not args.png)} (LeRobot v3.0)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla", description="Train, evaluate and convert vla policies.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,12 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="config, parameter counts and normalization stats of a policy")
     info.add_argument("path")
     info.set_defaults(func=_info)
-    convert = sub.add_parser("convert", help="convert another framework's checkpoint")
-    lerobot = convert.add_subparsers(dest="framework", required=True).add_parser(
-        "lerobot", help="a LeRobot 0.6.x policy directory (act, diffusion, pi0)")
+    convert = sub.add_parser("convert", help="convert a checkpoint, or export the toy task as a LeRobot dataset")
+    kinds = convert.add_subparsers(dest="framework", required=True)
+    lerobot = kinds.add_parser("lerobot", help="a LeRobot 0.6.x policy directory (act, diffusion, pi0)")
     lerobot.add_argument("src")
     lerobot.add_argument("dst")
     lerobot.set_defaults(func=_convert)
+    toy = kinds.add_parser("toy", help="write the toy task's demonstrations as a LeRobot v3.0 dataset")
+    toy.add_argument("dst")
+    toy.add_argument("--episodes", type=int, default=200)
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--image-size", type=int, default=64)
+    toy.add_argument("--png", action="store_true", help="store frames as PNG in parquet instead of mp4")
+    toy.set_defaults(func=_export_toy)
     return parser
 
 
