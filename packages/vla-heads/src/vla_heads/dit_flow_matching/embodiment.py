@@ -1,0 +1,104 @@
+"""Per-embodiment ("category-specific") layers: one weight set per robot, selected by embodiment id.
+
+Shapes: ``B`` batch, ``L`` tokens, ``C`` embodiment rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class EmbodimentSelect:
+    """The embodiment rows of a batch: ``ids`` (B,) long, and ``single`` when all rows are the same.
+
+    Build it once per forward with :meth:`of` (one host sync), then every layer can take the fast
+    path of a single weight matrix instead of gathering B copies.
+    """
+
+    ids: Tensor
+    single: int | None
+
+    @classmethod
+    def of(cls, ids: Tensor) -> EmbodimentSelect:
+        first = int(ids[0])
+        return cls(ids, first if bool((ids == first).all()) else None)
+
+
+class CategorySpecificLinear(nn.Module):
+    """``x @ weight[c] + bias[c]`` with weight (C, in, out), bias (C, out): (B, L, in) -> (B, L, out).
+
+    Note the (in, out) layout, transposed relative to ``nn.Linear``.
+    """
+
+    def __init__(self, num_categories: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(0.02 * torch.randn(num_categories, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(num_categories, out_dim))
+
+    def forward(self, x: Tensor, select: EmbodimentSelect) -> Tensor:
+        if select.single is not None:
+            w, b = self.weight[select.single], self.bias[select.single]
+            return torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[-1])
+        return torch.baddbmm(self.bias[select.ids].unsqueeze(1), x, self.weight[select.ids])
+
+
+class CategorySpecificMLP(nn.Module):
+    """``layer2(relu(layer1(x)))``, each a :class:`CategorySpecificLinear`: (B, L, in) -> (B, L, out)."""
+
+    def __init__(self, num_categories: int, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.layer1 = CategorySpecificLinear(num_categories, in_dim, hidden_dim)
+        self.layer2 = CategorySpecificLinear(num_categories, hidden_dim, out_dim)
+
+    def forward(self, x: Tensor, select: EmbodimentSelect) -> Tensor:
+        return self.layer2(F.relu(self.layer1(x, select)), select)
+
+
+def timestep_features(timesteps: Tensor, dim: int) -> Tensor:
+    """Sinusoidal features of (integer) timesteps: (N,) -> (N, dim), ``[sin, cos]``, float32.
+
+    Frequencies ``exp(-ln(10000) * k / (dim / 2))`` for k < dim / 2 (GR00T's action encoder).
+    """
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=timesteps.device) * (-math.log(10000.0) / half))
+    angles = timesteps.float()[:, None] * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class ActionEncoder(nn.Module):
+    """Noisy actions + timestep -> action tokens: ``w3(swish(w2([w1(a), tau])))``.
+
+    (B, H, A) actions and (B,) integer timesteps -> (B, H, D). The timestep half of ``w2`` is applied
+    once per sample and broadcast over the H tokens.
+    """
+
+    def __init__(self, num_categories: int, action_dim: int, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.w1 = CategorySpecificLinear(num_categories, action_dim, width)
+        self.w2 = CategorySpecificLinear(num_categories, 2 * width, width)
+        self.w3 = CategorySpecificLinear(num_categories, width, width)
+
+    def time_term(self, timesteps: Tensor, select: EmbodimentSelect, dtype: torch.dtype) -> Tensor:
+        """(B,) timesteps -> (B, 1, D): the timestep half of ``w2`` (bias included)."""
+        tau = timestep_features(timesteps, self.width).to(dtype).unsqueeze(1)
+        w = self.w2.weight[:, self.width :]
+        if select.single is not None:
+            return torch.addmm(self.w2.bias[select.single], tau.squeeze(1), w[select.single]).unsqueeze(1)
+        return torch.baddbmm(self.w2.bias[select.ids].unsqueeze(1), tau, w[select.ids])
+
+    def forward(self, actions: Tensor, time_term: Tensor, select: EmbodimentSelect) -> Tensor:
+        """actions (B, H, A), time_term (B, 1, D) from :meth:`time_term` -> (B, H, D)."""
+        a = self.w1(actions, select)
+        w = self.w2.weight[:, : self.width]
+        if select.single is not None:
+            h = torch.matmul(a, w[select.single])
+        else:
+            h = torch.bmm(a, w[select.ids])
+        return self.w3(F.silu(h + time_term), select)
