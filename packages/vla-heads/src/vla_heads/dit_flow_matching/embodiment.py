@@ -74,8 +74,8 @@ def timestep_features(timesteps: Tensor, dim: int) -> Tensor:
 class ActionEncoder(nn.Module):
     """Noisy actions + timestep -> action tokens: ``w3(swish(w2([w1(a), tau])))``.
 
-    (B, H, A) actions and (B,) integer timesteps -> (B, H, D). The timestep half of ``w2`` is applied
-    once per sample and broadcast over the H tokens.
+    (B, H, A) actions and (B,) integer timesteps -> (B, H, D). ``w2`` is applied as two halves: the
+    action half per token, the timestep half once per sample (broadcast over the H tokens).
     """
 
     def __init__(self, num_categories: int, action_dim: int, width: int) -> None:
@@ -85,20 +85,14 @@ class ActionEncoder(nn.Module):
         self.w2 = CategorySpecificLinear(num_categories, 2 * width, width)
         self.w3 = CategorySpecificLinear(num_categories, width, width)
 
-    def time_term(self, timesteps: Tensor, select: EmbodimentSelect, dtype: torch.dtype) -> Tensor:
-        """(B,) timesteps -> (B, 1, D): the timestep half of ``w2`` (bias included)."""
-        tau = timestep_features(timesteps, self.width).to(dtype).unsqueeze(1)
-        w = self.w2.weight[:, self.width :]
-        if select.single is not None:
-            return torch.addmm(self.w2.bias[select.single], tau.squeeze(1), w[select.single]).unsqueeze(1)
-        return torch.baddbmm(self.w2.bias[select.ids].unsqueeze(1), tau, w[select.ids])
-
-    def forward(self, actions: Tensor, time_term: Tensor, select: EmbodimentSelect) -> Tensor:
-        """actions (B, H, A), time_term (B, 1, D) from :meth:`time_term` -> (B, H, D)."""
+    def forward(self, actions: Tensor, timesteps: Tensor, select: EmbodimentSelect) -> Tensor:
+        """actions (B, H, A), timesteps (B,) -> (B, H, D)."""
         a = self.w1(actions, select)
-        w = self.w2.weight[:, : self.width]
+        tau = timestep_features(timesteps, self.width).to(a.dtype).unsqueeze(1)  # (B, 1, D)
         if select.single is not None:
-            h = torch.matmul(a, w[select.single])
+            w, b = self.w2.weight[select.single], self.w2.bias[select.single]  # one selection: one grad buffer
+            h = torch.matmul(a, w[: self.width]) + torch.addmm(b, tau.squeeze(1), w[self.width :]).unsqueeze(1)
         else:
-            h = torch.bmm(a, w[select.ids])
-        return self.w3(F.silu(h + time_term), select)
+            w, b = self.w2.weight[select.ids], self.w2.bias[select.ids]
+            h = torch.bmm(a, w[:, : self.width]) + torch.baddbmm(b.unsqueeze(1), tau, w[:, self.width :])
+        return self.w3(F.silu(h), select)

@@ -98,15 +98,15 @@ class DiTFlowMatchingHead(ActionHead):
     def velocity(
         self,
         x_t: Tensor,
-        time_term: Tensor,
+        timesteps: Tensor,
         conditioning: list[Tensor],
         kv: list,
         prefix: Tensor | None,
         select: EmbodimentSelect,
         mask: Tensor | None = None,
     ) -> Tensor:
-        """Noisy actions (B, H, Ap) -> predicted velocity (B, H, Ap), given precomputed pieces."""
-        tokens = self.action_encoder(x_t, time_term, select)
+        """Noisy actions (B, H, Ap) at timesteps (B,) -> velocity (B, H, Ap), given the precomputed pieces."""
+        tokens = self.action_encoder(x_t, timesteps, select)
         if self.pos_embed is not None:
             tokens = tokens + self.pos_embed.weight[: tokens.shape[1]].to(tokens.dtype)
         if prefix is not None:
@@ -120,9 +120,8 @@ class DiTFlowMatchingHead(ActionHead):
         select = self.embodiment_select(batch, bsz, x_t.device)
         ctx, mask = self.encode_context(context)
         prefix = self.prefix_tokens(batch, select, bsz, ctx)
-        time_term = self.action_encoder.time_term(timesteps, select, ctx.dtype)
         return self.velocity(
-            x_t.to(ctx.dtype), time_term, self.dit.conditioning(timesteps), self.dit.context_kv(ctx), prefix, select, mask
+            x_t.to(ctx.dtype), timesteps, self.dit.conditioning(timesteps), self.dit.context_kv(ctx), prefix, select, mask
         )
 
     # ----------------------------------------------------------------- training
@@ -192,6 +191,5 @@ class DiTFlowMatchingHead(ActionHead):
             else:
                 ctx, mask = self.encode_context(context)
                 kv, cond = self.dit.context_kv(ctx), self.dit.conditioning(rows)
-            time_term = self.action_encoder.time_term(rows, select, ctx.dtype)
-            x = x + dt * self.velocity(x, time_term, cond, kv, prefix, select, mask)
+            x = x + dt * self.velocity(x, rows, cond, kv, prefix, select, mask)
         return x[..., : self.action_dim]
