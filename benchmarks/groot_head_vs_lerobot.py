@@ -28,13 +28,33 @@ sys.path[:0] = [str(p) for p in sorted((REPO / "packages").glob("*/src"))]  # th
 import torch  # noqa: E402
 from transformers.feature_extraction_utils import BatchFeature  # noqa: E402
 
-from lerobot.policies.groot.action_head.flow_matching_action_head import (  # noqa: E402
-    FlowmatchingActionHead,
-    FlowmatchingActionHeadConfig,
-)
 from vla_core import BackboneOutput, apply_name_mapping  # noqa: E402
 from vla_heads.dit_flow_matching import DiTFlowMatchingConfig, DiTFlowMatchingHead  # noqa: E402
 from vla_heads.dit_flow_matching.convert import groot_name_mapping, head_config_from_groot  # noqa: E402
+
+
+def import_lerobot_head(src: str | None):
+    """LeRobot 0.5.1's head classes. With ``src`` (a copy of the installed ``lerobot`` package dir), load
+    the action-head modules by path without LeRobot's package imports (datasets, draccus, ...), so the
+    benchmark also runs on a machine that has only torch, transformers and diffusers."""
+    if src is not None:
+        import types
+
+        root = Path(src).resolve()
+        for name in ("lerobot", "lerobot.utils", "lerobot.policies", "lerobot.policies.groot",
+                     "lerobot.policies.groot.action_head"):
+            mod = types.ModuleType(name)
+            mod.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
+            sys.modules[name] = mod
+        shim = types.ModuleType("lerobot.utils.import_utils")
+        shim._transformers_available = True
+        sys.modules[shim.__name__] = shim
+    from lerobot.policies.groot.action_head.flow_matching_action_head import (
+        FlowmatchingActionHead,
+        FlowmatchingActionHeadConfig,
+    )
+
+    return FlowmatchingActionHead, FlowmatchingActionHeadConfig
 
 
 def groot_config(args) -> dict:
@@ -59,8 +79,9 @@ def groot_config(args) -> dict:
 
 def build(args):
     cfg = groot_config(args)
+    FlowmatchingActionHead, FlowmatchingActionHeadConfig = import_lerobot_head(args.lerobot_src)
     torch.manual_seed(0)
-    theirs = FlowmatchingActionHead(FlowmatchingActionHeadConfig(**cfg))
+    theirs = FlowmatchingActionHead(FlowmatchingActionHeadConfig(**cfg)).to(args.device)
     fields = head_config_from_groot(cfg)
     fields.update(state_dim=64, embodiments={"new_embodiment": args.embodiments - 1})
     with torch.device("meta"):
@@ -75,13 +96,13 @@ def build(args):
     return theirs, ours
 
 
-def inputs(batch_size: int, tokens: int, emb_row: int, seed: int = 0):
+def inputs(batch_size: int, tokens: int, emb_row: int, device: str, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    feats = torch.randn(batch_size, tokens, 2048, generator=g)
-    mask = torch.ones(batch_size, tokens, dtype=torch.bool)
-    state = torch.randn(batch_size, 1, 64, generator=g)
-    action = torch.randn(batch_size, 16, 32, generator=g)
-    emb = torch.full((batch_size,), emb_row, dtype=torch.long)
+    feats = torch.randn(batch_size, tokens, 2048, generator=g).to(device)
+    mask = torch.ones(batch_size, tokens, dtype=torch.bool, device=device)
+    state = torch.randn(batch_size, 1, 64, generator=g).to(device)
+    action = torch.randn(batch_size, 16, 32, generator=g).to(device)
+    emb = torch.full((batch_size,), emb_row, dtype=torch.long, device=device)
     theirs = {
         "backbone": lambda: BatchFeature({"backbone_features": feats, "backbone_attention_mask": mask}),
         "action": lambda: BatchFeature(
@@ -96,12 +117,15 @@ def inputs(batch_size: int, tokens: int, emb_row: int, seed: int = 0):
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -126,23 +150,26 @@ def main() -> None:
     ap.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--lerobot-src", default=None, help="load LeRobot's head from this package dir (see above)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     theirs, ours = build(args)
     n_params = sum(p.numel() for p in ours.parameters())
-    print(f"params: {n_params / 1e6:.1f}M (shared by both heads); threads {args.threads}")
+    print(f"params: {n_params / 1e6:.1f}M (shared by both heads); device {args.device}; threads {args.threads}; "
+          f"torch {torch.__version__}")
     row = args.embodiments - 1
 
     # ---- inference, batch 1
     theirs.eval(), ours.eval()
-    t_in, o_in = inputs(1, args.tokens, row)
+    t_in, o_in = inputs(1, args.tokens, row, args.device)
 
     def run_theirs():
         torch.manual_seed(11)  # get_action draws its noise from the global RNG
         return theirs.get_action(t_in["backbone"](), t_in["action"]())["action_pred"]
 
     torch.manual_seed(11)
-    noise = torch.randn(1, 16, 32)
+    noise = torch.randn(1, 16, 32, device=args.device)
     with torch.no_grad():
         ref = run_theirs()
         got = ours.predict_action(*o_in, noise=noise)
@@ -161,7 +188,7 @@ def main() -> None:
 
     # ---- train step, batch 8
     b = args.train_batch
-    t_in, o_in = inputs(b, args.tokens, row, seed=1)
+    t_in, o_in = inputs(b, args.tokens, row, args.device, seed=1)
     with torch.no_grad():
         torch.manual_seed(5)
         loss_ref = theirs(t_in["backbone"](), t_in["action"]())["loss"].item()

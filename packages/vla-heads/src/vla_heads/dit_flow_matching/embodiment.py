@@ -17,8 +17,9 @@ from torch import Tensor, nn
 class EmbodimentSelect:
     """The embodiment rows of a batch: ``ids`` (B,) long, and ``single`` when all rows are the same.
 
-    Build it once per forward with :meth:`of` (one host sync), then every layer can take the fast
-    path of a single weight matrix instead of gathering B copies.
+    Build it once per forward with :meth:`of`; with ``single`` every layer multiplies by one weight
+    matrix instead of gathering B copies. Deciding that needs the ids on the host, so ids on an
+    accelerator take the gather path (no device sync; the gather is cheap there).
     """
 
     ids: Tensor
@@ -26,8 +27,15 @@ class EmbodimentSelect:
 
     @classmethod
     def of(cls, ids: Tensor) -> EmbodimentSelect:
+        if ids.device.type != "cpu" or ids.numel() == 0:
+            return cls(ids, None)
         first = int(ids[0])
         return cls(ids, first if bool((ids == first).all()) else None)
+
+    @classmethod
+    def constant(cls, row: int, batch_size: int, device: torch.device) -> EmbodimentSelect:
+        """Every sample uses ``row`` (known on the host: no sync on any device)."""
+        return cls(torch.full((batch_size,), row, dtype=torch.long, device=device), row)
 
 
 class CategorySpecificLinear(nn.Module):

@@ -68,10 +68,9 @@ class DiTFlowMatchingHead(ActionHead):
         """Rows of the per-embodiment weights: ``batch["embodiment_id"]`` (B,) or the default embodiment."""
         ids = batch.get(EMBODIMENT_ID) if hasattr(batch, "get") else None
         if ids is None:
-            row = self.config.embodiments[self.config.default_embodiment]
-            ids = torch.full((batch_size,), row, dtype=torch.long, device=device)
-        ids = torch.as_tensor(ids, device=device).long().reshape(batch_size)
-        return EmbodimentSelect.of(ids)
+            return EmbodimentSelect.constant(self.config.embodiments[self.config.default_embodiment], batch_size, device)
+        select = EmbodimentSelect.of(torch.as_tensor(ids).long().reshape(batch_size))
+        return EmbodimentSelect(select.ids.to(device), select.single)
 
     def encode_context(self, context: BackboneOutput) -> tuple[Tensor, Tensor | None]:
         """VL LayerNorm + self-attention: features (B, S, Dc) -> (B, S, Dc), and the key mask or None."""
