@@ -23,6 +23,7 @@ class LinearBackboneConfig(ComponentConfig):
     n_obs_steps: int = 1
     dim: int = 16
     pool: int = 4
+    pretrained_weights: str | None = None  # a safetensors file with this backbone's initial weights
 
 
 class TokenLayer(nn.Module):
@@ -39,6 +40,7 @@ class LinearBackbone(Backbone):
     """One token per camera (pooled pixels -> linear) plus one state token; (B, T, dim)."""
 
     config_class = LinearBackboneConfig
+    weight_source_fields = ("pretrained_weights",)
 
     def __init__(self, config: LinearBackboneConfig) -> None:
         super().__init__()
@@ -48,6 +50,10 @@ class LinearBackbone(Backbone):
         self.image_proj = nn.Linear(c * config.pool * config.pool, config.dim)
         self.state_proj = nn.Linear(config.state_dim, config.dim) if config.state_dim else None
         self.block = TokenLayer(config.dim)
+        if config.pretrained_weights:
+            from vla_core import load_checkpoint
+
+            load_checkpoint(self, config.pretrained_weights)
 
     def forward(self, batch) -> BackboneOutput:
         tokens = []

@@ -85,6 +85,22 @@ def test_save_and_load_round_trip(tmp_path):
     assert torch.equal(loaded.normalizer.stats_of("action")["mean"], policy.normalizer.stats_of("action")["mean"])
 
 
+def test_saved_policy_does_not_depend_on_its_initial_weight_files(tmp_path):
+    from vla_core import save_safetensors
+
+    donor = make_policy()
+    save_safetensors(donor.backbone.state_dict(), tmp_path / "init.safetensors")
+    policy = make_policy(backbone={"type": "test_linear", "pretrained_weights": str(tmp_path / "init.safetensors")})
+    assert torch.equal(policy.backbone.block.lin.weight, donor.backbone.block.lin.weight)
+    policy.save_pretrained(tmp_path / "p")
+    (tmp_path / "init.safetensors").unlink()
+    saved = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert saved["backbone"]["pretrained_weights"] is None
+    loaded = VLAPolicy.from_pretrained(tmp_path / "p")
+    assert torch.equal(loaded.backbone.block.lin.weight, donor.backbone.block.lin.weight)
+    assert policy.config.backbone["pretrained_weights"] == str(tmp_path / "init.safetensors")  # unchanged
+
+
 def test_from_pretrained_uses_the_hub_for_non_directories(tmp_path, monkeypatch):
     make_policy().save_pretrained(tmp_path / "snap")
     calls = []

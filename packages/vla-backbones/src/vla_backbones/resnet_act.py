@@ -165,6 +165,7 @@ class ResNetACTBackbone(Backbone):
     """
 
     config_class = ResNetACTConfig
+    weight_source_fields = ("pretrained_weights",)
 
     def __init__(self, config: ResNetACTConfig) -> None:
         super().__init__()

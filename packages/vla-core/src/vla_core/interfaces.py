@@ -56,6 +56,10 @@ class Component(nn.Module, metaclass=abc.ABCMeta):
     # Training defaults a component may suggest to the trainer, e.g. {"ema": True} for diffusion heads.
     training_defaults: ClassVar[dict[str, Any]] = {}
 
+    # Config fields that only name files the initial weights are read from (e.g. "pretrained_weights").
+    # A saved policy carries its weights, so ``VLAPolicy.save_pretrained`` writes these as None.
+    weight_source_fields: ClassVar[tuple[str, ...]] = ()
+
 
 class Backbone(Component):
     """Turns observations (images, state, language) into context tokens.

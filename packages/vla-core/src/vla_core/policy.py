@@ -292,11 +292,20 @@ class VLAPolicy(nn.Module):
 
     # ----------------------------------------------------------------- saving
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (weights and normalization stats)."""
+        """Write ``config.json`` and ``model.safetensors`` (weights and normalization stats).
+
+        Fields that only pointed at initial weight files (``weight_source_fields``) are saved as
+        None: the directory is self-contained.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_safetensors(self.state_dict(), directory / WEIGHTS_NAME, metadata={"format": "pt"})
-        text = json.dumps(self.config.to_dict(), indent=2, sort_keys=True)
+        config = self.config.to_dict()
+        for key, component in (("backbone", self.backbone), ("head", self.head)):
+            for name in component.weight_source_fields:  # the weights are in model.safetensors now
+                if config[key].get(name) is not None:
+                    config[key][name] = None
+        text = json.dumps(config, indent=2, sort_keys=True)
         atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
         return directory
 

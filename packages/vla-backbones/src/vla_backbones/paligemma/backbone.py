@@ -184,6 +184,7 @@ class PaliGemmaBackbone(Backbone):
     """
 
     config_class = PaliGemmaBackboneConfig
+    weight_source_fields = ("pretrained",)
 
     def __init__(self, config: PaliGemmaBackboneConfig) -> None:
         super().__init__()
