@@ -6,7 +6,8 @@ For each case it writes ``OUT_DIR/<case>/policy`` (LeRobot's own ``save_pretrain
 its pre/post-processors, which hold the normalization stats) and ``OUT_DIR/<case>/reference.safetensors``:
 
 - the raw inputs (``obs.*``), the initial ``noise`` and LeRobot's ``predict_action_chunk`` result
-  ``chunk`` (robot units, the ``n_action_steps`` slice starting at ``n_obs_steps - 1``);
+  ``chunk`` (robot units, the ``n_action_steps`` slice starting at ``n_obs_steps - 1``), sampled right
+  after ``torch.manual_seed(1234)`` (DDPM's per-step noise comes from the global RNG);
 - ``global_cond`` (B, G) from LeRobot's conditioning, and for a fixed noisy sample ``denoise_x``
   (B, H, A) the UNet output ``denoise_out.<t>`` at several timesteps ``t``.
 """
@@ -97,6 +98,7 @@ def main(out: Path) -> None:
         batch = pre(dict(raw))
         policy.reset()
         with torch.no_grad():
+            torch.manual_seed(1234)  # DDPM draws its per-step noise from the global RNG
             chunk = post(policy.predict_action_chunk(dict(batch), noise=noise.clone()))
             stacked = dict(batch)
             stacked["observation.images"] = torch.stack(

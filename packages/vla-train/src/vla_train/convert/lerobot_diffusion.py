@@ -97,6 +97,8 @@ def policy_config(lerobot: Mapping[str, Any], tensors: Mapping[str, torch.Tensor
         if mode not in NORMALIZATION_MODES:
             raise ConfigError(f"normalization_mapping[{ftype!r}]: mode {mode!r} has no vla equivalent")
         modes[ftype] = NORMALIZATION_MODES[mode]
+    for feature in (*lerobot["input_features"].values(), *lerobot["output_features"].values()):
+        modes.setdefault(feature["type"], "identity")  # LeRobot leaves unmapped feature types as they are
     crop = lerobot.get("crop_shape")
     resize = lerobot.get("resize_shape")
     backbone = {
