@@ -129,9 +129,10 @@ class RgbEncoder(nn.Module):
     def __init__(self, config: SpatialSoftmaxConfig) -> None:
         super().__init__()
         self.backbone = _resnet_trunk(config.vision_backbone, config.use_group_norm, config.pretrained_weights)
-        with torch.no_grad():
+        with torch.no_grad():  # eval: the shape probe must not touch BatchNorm running statistics
             probe = torch.zeros(1, config.image_shape[0], *config.input_hw)
-            c, h, w = self.backbone(probe).shape[1:]
+            c, h, w = self.backbone.eval()(probe).shape[1:]
+        self.backbone.train()
         self.pool = SpatialSoftmax(c, h, w, config.num_keypoints)
         self.proj = nn.Linear(2 * config.num_keypoints, 2 * config.num_keypoints)
 
