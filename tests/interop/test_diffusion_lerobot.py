@@ -77,10 +77,16 @@ def test_global_conditioning_and_denoiser_match(reference, case, tmp_path):
 @pytest.mark.parametrize("case", CASES)
 def test_action_chunk_matches(reference, case, tmp_path):
     policy, ref = _load(reference, case, tmp_path)
-    # DDIM is deterministic given the noise; DDPM also draws per-step noise from the global RNG, which
-    # the peer seeded the same way right before sampling.
+    raw = _raw_batch(ref)
+    # the whole normalized horizon, per-step noise (DDPM) from the same explicit generator
+    batch = policy.normalizer.normalize_batch(raw)
+    sample = policy.head.predict_action(policy.encode(batch), batch, noise=ref["noise"],
+                                        generator=torch.Generator().manual_seed(99))
+    assert (sample - ref["sample"]).abs().max() <= 1e-4
+    # LeRobot's predict_action_chunk (robot units, its executed window); DDPM draws its per-step noise
+    # from the global RNG there, which the peer seeded right before sampling
     torch.manual_seed(1234)
-    chunk = policy.predict_action_chunk(_raw_batch(ref), noise=ref["noise"])
+    chunk = policy.predict_action_chunk(raw, noise=ref["noise"], generator=torch.default_generator)
     start, n = policy.config.action_start, policy.n_action_steps
     assert (chunk[:, start : start + n] - ref["chunk"]).abs().max() <= 1e-4
 

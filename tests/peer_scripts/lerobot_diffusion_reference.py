@@ -8,6 +8,8 @@ its pre/post-processors, which hold the normalization stats) and ``OUT_DIR/<case
 - the raw inputs (``obs.*``), the initial ``noise`` and LeRobot's ``predict_action_chunk`` result
   ``chunk`` (robot units, the ``n_action_steps`` slice starting at ``n_obs_steps - 1``), sampled right
   after ``torch.manual_seed(1234)`` (DDPM's per-step noise comes from the global RNG);
+- ``sample``: the whole normalized horizon (B, H, A) sampled from ``noise`` with per-step noise from
+  ``torch.Generator().manual_seed(99)``;
 - ``global_cond`` (B, G) from LeRobot's conditioning, and for a fixed noisy sample ``denoise_x``
   (B, H, A) the UNet output ``denoise_out.<t>`` at several timesteps ``t``.
 """
@@ -104,9 +106,12 @@ def main(out: Path) -> None:
             stacked["observation.images"] = torch.stack(
                 [batch[k] for k in policy.config.image_features], dim=-4)
             global_cond = policy.diffusion._prepare_global_conditioning(stacked)
+            # the whole normalized horizon, per-step (DDPM) noise from an explicit generator
+            sample = policy.diffusion.conditional_sample(
+                bsz, global_cond=global_cond, noise=noise.clone(), generator=torch.Generator().manual_seed(99))
             x = torch.randn(bsz, policy.config.horizon, case["action"], generator=g)
             tensors = {f"obs.{k}": v.contiguous() for k, v in raw.items()}
-            tensors.update(noise=noise, chunk=chunk.contiguous(), global_cond=global_cond, denoise_x=x)
+            tensors.update(noise=noise, chunk=chunk.contiguous(), sample=sample, global_cond=global_cond, denoise_x=x)
             steps = [0, 7, 23, 49]
             for t in steps:
                 out_t = policy.diffusion.unet(x, torch.full((bsz,), t, dtype=torch.long), global_cond=global_cond)

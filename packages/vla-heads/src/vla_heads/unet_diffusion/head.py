@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, ClassVar
 
 import torch
@@ -24,6 +25,12 @@ def make_scheduler(kind: str, **kwargs: Any):
     if kind not in schedulers:
         raise ConfigError(f"noise_scheduler_type: expected one of {sorted(schedulers)}, received {kind!r}")
     return schedulers[kind](**kwargs)
+
+
+def _generator_from(noise: Tensor) -> torch.Generator:
+    """A generator on ``noise``'s device seeded by a hash of its values."""
+    digest = hashlib.blake2b(noise.detach().float().cpu().numpy().tobytes(), digest_size=8).digest()
+    return torch.Generator(device=noise.device).manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
 @HEADS.register("unet_diffusion")
@@ -152,8 +159,12 @@ class UNetDiffusionHead(ActionHead):
     ) -> Tensor:
         """Normalized action chunk (B, H, A) by the scheduler's reverse process from ``noise`` (B, H, A).
 
-        DDIM is deterministic given ``noise``; DDPM also draws per-step noise from ``generator``.
+        DDIM is deterministic given ``noise``. DDPM also draws noise at every step: from ``generator``
+        when given; else, when ``noise`` is given, from a generator seeded with a hash of ``noise``
+        (so a chunk is reproducible from its initial noise); else from the global RNG.
         """
+        if generator is None and noise is not None:
+            generator = _generator_from(noise)
         with torch.inference_mode():
             global_cond = self.global_conditioning(context, batch)
             bsz = global_cond.shape[0]
