@@ -6,8 +6,9 @@ init, renamed by our converter's key table) and the same inputs::
 
     OMP_NUM_THREADS=2 .venvs/lerobot-0.6.1/bin/python benchmarks/diffusion_vs_lerobot.py [--repeats N]
 
-Cases: a training step at batch 8 (forward + backward + Adam step), DDIM 10-step sampling at
-batch 1 and DDPM 100-step sampling at batch 1. Each prints the median seconds of both, the ratio
+Cases: DDIM 10-step sampling at batch 1, DDPM 100-step sampling at batch 1 (sampled chunks
+compared: max |ours - LeRobot|), then a training step at batch 8 (forward + backward + Adam step,
+and forward + backward alone). Each prints the median seconds of both, the ratio
 ours / LeRobot and the achieved FLOP/s as a fraction of this machine's fp32 matmul peak (measured
 first with a large ``torch.mm``). The FLOPs of a case are LeRobot's model FLOPs (the useful work,
 counted once by ``torch.utils.flop_counter``) for both, so the fractions compare like with like.
@@ -129,7 +130,7 @@ def set_sampler(theirs, ours, kind: str, steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=THREADS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -147,6 +148,33 @@ def main() -> None:
     ours = build_ours(theirs)
     g = torch.Generator().manual_seed(0)
     rows = []
+
+    # ---- sampling, batch 1
+    for model in (theirs, ours):
+        model.eval()
+    obs = batch(1, g, with_action=False)
+    noise = torch.randn(1, 16, 2, generator=g)
+    for kind, steps in (("DDIM", 10), ("DDPM", 100)):
+        def sample_theirs():
+            theirs.reset()
+            return theirs.predict_action_chunk(dict(obs), noise=noise.clone())
+
+        def sample_ours():  # DDPM's per-step noise from the global RNG, as LeRobot draws it
+            return ours.predict_action_chunk(obs, noise=noise.clone(), generator=torch.default_generator)
+
+        with torch.no_grad():  # model FLOPs of n steps = encoder + n * UNet, from runs of 1 and 2 steps
+            set_sampler(theirs, ours, kind, 1)
+            one = count_flops(sample_theirs)
+            set_sampler(theirs, ours, kind, 2)
+            unet = count_flops(sample_theirs) - one
+            flops = one + (steps - 1) * unet
+        set_sampler(theirs, ours, kind, steps)
+        torch.manual_seed(1)
+        a = sample_theirs()
+        torch.manual_seed(1)
+        b = sample_ours()[:, ours.config.action_start : ours.config.action_start + ours.n_action_steps]
+        rows.append((f"{kind} {steps}-step sampling (B=1)", median_time(sample_ours, args.repeats),
+                     median_time(sample_theirs, args.repeats), flops, (a - b).abs().max().item()))
 
     # ---- training step, batch 8
     train_batch = batch(8, g, with_action=True)
@@ -171,29 +199,16 @@ def main() -> None:
     rows.append(("train step (B=8, fwd+bwd+Adam)", median_time(step_ours, args.repeats),
                  median_time(step_theirs, args.repeats), flops, None))
 
-    # ---- sampling, batch 1
-    for model in (theirs, ours):
-        model.eval()
-    obs = batch(1, g, with_action=False)
-    noise = torch.randn(1, 16, 2, generator=g)
-    for kind, steps in (("DDIM", 10), ("DDPM", 100)):
-        set_sampler(theirs, ours, kind, steps)
+    def grads_theirs():
+        theirs.forward(dict(train_batch))[0].backward()
+        theirs.zero_grad(set_to_none=True)
 
-        def sample_theirs():
-            theirs.reset()
-            return theirs.predict_action_chunk(dict(obs), noise=noise.clone())
+    def grads_ours():
+        ours(train_batch).loss.backward()
+        ours.zero_grad(set_to_none=True)
 
-        def sample_ours():
-            return ours.predict_action_chunk(obs, noise=noise.clone())
-
-        torch.manual_seed(1)
-        a = sample_theirs()
-        torch.manual_seed(1)
-        b = sample_ours()[:, ours.config.action_start : ours.config.action_start + ours.n_action_steps]
-        with torch.no_grad():
-            flops = count_flops(sample_theirs)
-        rows.append((f"{kind} {steps}-step sampling (B=1)", median_time(sample_ours, args.repeats),
-                     median_time(sample_theirs, args.repeats), flops, (a - b).abs().max().item()))
+    rows.append(("train fwd+bwd (B=8, no optimizer)", median_time(grads_ours, args.repeats),
+                 median_time(grads_theirs, args.repeats), flops, None))
 
     print(f"{'case':34s} {'ours_s':>9s} {'lerobot_s':>9s} {'ratio':>6s} {'GFLOP':>7s} "
           f"{'ours_peak%':>10s} {'lerobot_peak%':>13s}  max|diff|")
