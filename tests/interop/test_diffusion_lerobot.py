@@ -6,6 +6,7 @@ its UNet output at every checked diffusion step."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -22,10 +23,20 @@ SCRIPT = Path(__file__).resolve().parents[1] / "peer_scripts" / "lerobot_diffusi
 CASES = ("pusht_ddim", "two_cam_ddpm")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is faster than a contended pool (and makes timings stable)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def reference(lerobot_061_python, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lerobot_diffusion")
-    subprocess.run([str(lerobot_061_python), str(SCRIPT), str(out)], check=True, capture_output=True, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run([str(lerobot_061_python), str(SCRIPT), str(out)], check=True, capture_output=True, text=True, env=env)
     return out
 
 

@@ -14,6 +14,15 @@ from vla_core.testing import check_backbone, random_batch
 from vla_backbones.resnet_spatial_softmax import SpatialSoftmax, SpatialSoftmaxBackbone, center_crop, random_crop
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is faster than a contended pool (and makes timings stable)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make(cams=1, steps=1, shape=(3, 40, 40), **kw) -> SpatialSoftmaxBackbone:
     spec = {"type": "resnet_spatial_softmax", "image_keys": [f"observation.images.c{i}" for i in range(cams)],
             "image_shape": list(shape), "n_obs_steps": steps, "num_keypoints": 4, **kw}

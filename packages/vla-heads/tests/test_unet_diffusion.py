@@ -19,6 +19,15 @@ from vla_heads.unet_diffusion.layers import conv1d_btc, group_norm_btc, upsample
 TINY = {"down_dims": [8, 16, 32], "diffusion_step_embed_dim": 8, "n_groups": 4, "kernel_size": 3}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is faster than a contended pool (and makes timings stable)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_head(**kw) -> UNetDiffusionHead:
     spec = {"type": "unet_diffusion", "action_dim": 2, "horizon": 8, "context_dim": 6, "state_dim": 3,
             "n_obs_steps": 2, "image_keys": ["observation.images.top"], "num_train_timesteps": 20, **TINY, **kw}
