@@ -36,7 +36,9 @@ def _one_thread():
 def reference(lerobot_061_python, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lerobot_diffusion")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    subprocess.run([str(lerobot_061_python), str(SCRIPT), str(out)], check=True, capture_output=True, text=True, env=env)
+    proc = subprocess.run([str(lerobot_061_python), str(SCRIPT), str(out)], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        pytest.fail(f"the LeRobot peer script failed:\n{proc.stderr[-4000:]}")
     return out
 
 
