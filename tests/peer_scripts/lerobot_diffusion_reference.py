@@ -116,7 +116,7 @@ def main(out: Path) -> None:
             for t in steps:
                 out_t = policy.diffusion.unet(x, torch.full((bsz,), t, dtype=torch.long), global_cond=global_cond)
                 tensors[f"denoise_out.{t}"] = out_t.contiguous()
-        save_file(tensors, str(out / name / "reference.safetensors"))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / name / "reference.safetensors"))
         (out / name / "case.json").write_text(json.dumps({"steps": steps, "cameras": case["cameras"]}))
         print(name, "chunk", tuple(chunk.shape), "global_cond", tuple(global_cond.shape))
 
