@@ -17,7 +17,6 @@ counted once by ``torch.utils.flop_counter``) for both, so the fractions compare
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import platform
 import statistics
@@ -81,27 +80,39 @@ def build_lerobot():
 
 
 def build_ours(lerobot_policy):
-    """Our policy with LeRobot's weights; stats make normalization the identity, so outputs compare directly."""
+    """Our policy with LeRobot's weights; identity-like stats, so outputs compare directly."""
     import vla_backbones.resnet_spatial_softmax  # noqa: F401  (registers the backbone without entry points)
     import vla_heads.unet_diffusion  # noqa: F401
     from vla_core import VLAPolicy, load_into
     from vla_train.convert.lerobot_diffusion import policy_config, rename_keys
 
     tensors = {k: v.detach().clone() for k, v in lerobot_policy.state_dict().items()}
-    config = policy_config(lerobot_policy.config.__dict__ | {"input_features": {
-        "observation.state": {"type": "STATE", "shape": [2]},
-        "observation.image": {"type": "VISUAL", "shape": [3, 96, 96]},
-    }, "output_features": {"action": {"type": "ACTION", "shape": [2]}},
-        "normalization_mapping": {"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ACTION": "MIN_MAX"}}, tensors)
+    config = policy_config(
+        lerobot_policy.config.__dict__
+        | {
+            "input_features": {
+                "observation.state": {"type": "STATE", "shape": [2]},
+                "observation.image": {"type": "VISUAL", "shape": [3, 96, 96]},
+            },
+            "output_features": {"action": {"type": "ACTION", "shape": [2]}},
+            "normalization_mapping": {"VISUAL": "MEAN_STD", "STATE": "MIN_MAX", "ACTION": "MIN_MAX"},
+        },
+        tensors,
+    )
     policy = VLAPolicy(config)
     renamed = rename_keys(tensors)
     for part in ("backbone", "head"):
-        load_into(getattr(policy, part), {k[len(part) + 1 :]: v for k, v in renamed.items() if k.startswith(part + ".")})
-    policy.normalizer.set_stats({
-        "observation.image": {"mean": torch.zeros(3, 1, 1), "std": torch.ones(3, 1, 1)},
-        "observation.state": {"min": -torch.ones(2), "max": torch.ones(2)},
-        "action": {"min": -torch.ones(2), "max": torch.ones(2)},
-    })
+        load_into(
+            getattr(policy, part),
+            {k[len(part) + 1 :]: v for k, v in renamed.items() if k.startswith(part + ".")},
+        )
+    policy.normalizer.set_stats(
+        {
+            "observation.image": {"mean": torch.zeros(3, 1, 1), "std": torch.ones(3, 1, 1)},
+            "observation.state": {"min": -torch.ones(2), "max": torch.ones(2)},
+            "action": {"min": -torch.ones(2), "max": torch.ones(2)},
+        }
+    )
     return policy
 
 
@@ -121,9 +132,15 @@ def set_sampler(theirs, ours, kind: str, steps: int) -> None:
 
     c = theirs.config
     theirs.diffusion.noise_scheduler = _make_noise_scheduler(
-        kind, num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
-        beta_schedule=c.beta_schedule, clip_sample=c.clip_sample, clip_sample_range=c.clip_sample_range,
-        prediction_type=c.prediction_type)
+        kind,
+        num_train_timesteps=c.num_train_timesteps,
+        beta_start=c.beta_start,
+        beta_end=c.beta_end,
+        beta_schedule=c.beta_schedule,
+        clip_sample=c.clip_sample,
+        clip_sample_range=c.clip_sample_range,
+        prediction_type=c.prediction_type,
+    )
     theirs.diffusion.num_inference_steps = steps
     ours.head.use_scheduler(kind, steps)
 
@@ -139,8 +156,10 @@ def main() -> None:
     import lerobot
 
     peak = matmul_peak()
-    print(f"# diffusion_vs_lerobot  {datetime.date.today()}  {platform.processor() or platform.machine()}  "
-          f"threads={args.threads}  torch={torch.__version__}  lerobot={lerobot.__version__}")
+    print(
+        f"# diffusion_vs_lerobot  {datetime.date.today()}  {platform.processor() or platform.machine()}  "
+        f"threads={args.threads}  torch={torch.__version__}  lerobot={lerobot.__version__}"
+    )
     print(f"# fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s (2048^3 torch.mm, best of 5)")
 
     torch.manual_seed(0)
@@ -155,6 +174,7 @@ def main() -> None:
     obs = batch(1, g, with_action=False)
     noise = torch.randn(1, 16, 2, generator=g)
     for kind, steps in (("DDIM", 10), ("DDPM", 100)):
+
         def sample_theirs():
             theirs.reset()
             return theirs.predict_action_chunk(dict(obs), noise=noise.clone())
@@ -173,8 +193,15 @@ def main() -> None:
         a = sample_theirs()
         torch.manual_seed(1)
         b = sample_ours()[:, ours.config.action_start : ours.config.action_start + ours.n_action_steps]
-        rows.append((f"{kind} {steps}-step sampling (B=1)", median_time(sample_ours, args.repeats),
-                     median_time(sample_theirs, args.repeats), flops, (a - b).abs().max().item()))
+        rows.append(
+            (
+                f"{kind} {steps}-step sampling (B=1)",
+                median_time(sample_ours, args.repeats),
+                median_time(sample_theirs, args.repeats),
+                flops,
+                (a - b).abs().max().item(),
+            )
+        )
 
     # ---- training step, batch 8
     train_batch = batch(8, g, with_action=True)
@@ -196,8 +223,15 @@ def main() -> None:
 
     flops = count_flops(lambda: theirs.forward(dict(train_batch))[0].backward())
     opt_theirs.zero_grad(set_to_none=True)
-    rows.append(("train step (B=8, fwd+bwd+Adam)", median_time(step_ours, args.repeats),
-                 median_time(step_theirs, args.repeats), flops, None))
+    rows.append(
+        (
+            "train step (B=8, fwd+bwd+Adam)",
+            median_time(step_ours, args.repeats),
+            median_time(step_theirs, args.repeats),
+            flops,
+            None,
+        )
+    )
 
     def grads_theirs():
         theirs.forward(dict(train_batch))[0].backward()
@@ -207,15 +241,26 @@ def main() -> None:
         ours(train_batch).loss.backward()
         ours.zero_grad(set_to_none=True)
 
-    rows.append(("train fwd+bwd (B=8, no optimizer)", median_time(grads_ours, args.repeats),
-                 median_time(grads_theirs, args.repeats), flops, None))
+    rows.append(
+        (
+            "train fwd+bwd (B=8, no optimizer)",
+            median_time(grads_ours, args.repeats),
+            median_time(grads_theirs, args.repeats),
+            flops,
+            None,
+        )
+    )
 
-    print(f"{'case':34s} {'ours_s':>9s} {'lerobot_s':>9s} {'ratio':>6s} {'GFLOP':>7s} "
-          f"{'ours_peak%':>10s} {'lerobot_peak%':>13s}  max|diff|")
+    print(
+        f"{'case':34s} {'ours_s':>9s} {'lerobot_s':>9s} {'ratio':>6s} {'GFLOP':>7s} "
+        f"{'ours_peak%':>10s} {'lerobot_peak%':>13s}  max|diff|"
+    )
     for name, ours_s, theirs_s, flops, diff in rows:
-        print(f"{name:34s} {ours_s:9.4f} {theirs_s:9.4f} {ours_s / theirs_s:6.3f} {flops / 1e9:7.2f} "
-              f"{100 * flops / ours_s / peak:9.1f}% {100 * flops / theirs_s / peak:12.1f}%  "
-              f"{'-' if diff is None else f'{diff:.2e}'}")
+        print(
+            f"{name:34s} {ours_s:9.4f} {theirs_s:9.4f} {ours_s / theirs_s:6.3f} {flops / 1e9:7.2f} "
+            f"{100 * flops / ours_s / peak:9.1f}% {100 * flops / theirs_s / peak:12.1f}%  "
+            f"{'-' if diff is None else f'{diff:.2e}'}"
+        )
 
 
 if __name__ == "__main__":

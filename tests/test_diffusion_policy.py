@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from vla_core import VLAPolicy
 from vla_core.testing import random_batch
 
@@ -37,18 +36,33 @@ def tiny_config(**head):
         "n_action_steps": 4,
         "action_start": 1,
         "backbone": {"type": "resnet_spatial_softmax", "crop_shape": [20, 20], "num_keypoints": 4},
-        "head": {"type": "unet_diffusion", "horizon": 8, "down_dims": [16, 32], "n_groups": 4,
-                 "diffusion_step_embed_dim": 16, "num_train_timesteps": 20, **head},
+        "head": {
+            "type": "unet_diffusion",
+            "horizon": 8,
+            "down_dims": [16, 32],
+            "n_groups": 4,
+            "diffusion_step_embed_dim": 16,
+            "num_train_timesteps": 20,
+            **head,
+        },
     }
 
 
 def with_stats(policy: VLAPolicy) -> VLAPolicy:
-    policy.normalizer.set_stats({
-        "observation.state": {"min": -torch.ones(2), "max": torch.ones(2)},
-        "observation.images.top": {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25)},
-        "observation.images.wrist": {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25)},
-        "action": {"min": -2 * torch.ones(2), "max": 2 * torch.ones(2)},
-    })
+    policy.normalizer.set_stats(
+        {
+            "observation.state": {"min": -torch.ones(2), "max": torch.ones(2)},
+            "observation.images.top": {
+                "mean": torch.full((3, 1, 1), 0.5),
+                "std": torch.full((3, 1, 1), 0.25),
+            },
+            "observation.images.wrist": {
+                "mean": torch.full((3, 1, 1), 0.5),
+                "std": torch.full((3, 1, 1), 0.25),
+            },
+            "action": {"min": -2 * torch.ones(2), "max": 2 * torch.ones(2)},
+        }
+    )
     return policy
 
 
@@ -58,7 +72,10 @@ def test_pusht_config_builds_the_reference_architecture():
     head, backbone = policy.head, policy.backbone
     assert head.config.global_cond_dim == 2 * (2 + 64) and head.horizon == 16 and policy.n_action_steps == 8
     assert head.unet.encoder[2].res2.conv2.conv.weight.shape == (2048, 2048, 5)
-    assert head.unet.encoder[0].res1.film.weight.shape == (1024, 128 + 132)  # cond_dim 260, as LeRobot's pusht
+    assert head.unet.encoder[0].res1.film.weight.shape == (
+        1024,
+        128 + 132,
+    )  # cond_dim 260, as LeRobot's pusht
     assert backbone.output_dim == 64 and backbone.encoders[0].pool.pos_grid.shape == (9, 2)  # 84 crop -> 3x3
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
     assert policy.training_defaults["ema"] is True
@@ -72,7 +89,9 @@ def test_tiny_policy_overfits_a_fixed_batch():
     cfg["backbone"] = {**cfg["backbone"], "crop_shape": None}
     cfg["freeze_backbone"] = True  # seconds on CPU: the (random, frozen) ResNet only runs forward
     policy = with_stats(VLAPolicy.from_config(cfg))
-    batch = random_batch(policy.input_features | policy.output_features, batch_size=2, horizon=8, n_obs_steps=2)
+    batch = random_batch(
+        policy.input_features | policy.output_features, batch_size=2, horizon=8, n_obs_steps=2
+    )
     opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=3e-3)
     losses = []
     for _ in range(60):
@@ -86,7 +105,9 @@ def test_tiny_policy_overfits_a_fixed_batch():
 
 def test_save_reload_and_select_action(tmp_path):
     torch.manual_seed(0)
-    policy = with_stats(VLAPolicy.from_config(tiny_config(noise_scheduler_type="DDIM", num_inference_steps=4))).eval()
+    policy = with_stats(
+        VLAPolicy.from_config(tiny_config(noise_scheduler_type="DDIM", num_inference_steps=4))
+    ).eval()
     obs = random_batch(policy.input_features, batch_size=2, n_obs_steps=2)
     noise = torch.randn(2, 8, 2)
     chunk = policy.predict_action_chunk(obs, noise=noise)
@@ -111,7 +132,9 @@ def test_save_reload_and_select_action(tmp_path):
 
 def test_ema_head_of_a_policy_samples():
     torch.manual_seed(0)
-    policy = with_stats(VLAPolicy.from_config(tiny_config(noise_scheduler_type="DDIM", num_inference_steps=2)))
+    policy = with_stats(
+        VLAPolicy.from_config(tiny_config(noise_scheduler_type="DDIM", num_inference_steps=2))
+    )
     ema = copy.deepcopy(policy).eval()
     obs = random_batch(policy.input_features, batch_size=1, n_obs_steps=2)
     assert torch.isfinite(ema.predict_action_chunk(obs)).all()

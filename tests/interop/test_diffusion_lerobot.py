@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from vla_core import VLAPolicy
 from vla_train.convert import convert_lerobot
 
@@ -36,7 +35,9 @@ def _one_thread():
 def reference(lerobot_061_python, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lerobot_diffusion")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([str(lerobot_061_python), str(SCRIPT), str(out)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [str(lerobot_061_python), str(SCRIPT), str(out)], capture_output=True, text=True, env=env
+    )
     if proc.returncode:
         pytest.fail(f"the LeRobot peer script failed:\n{proc.stderr[-4000:]}")
     return out
@@ -93,8 +94,9 @@ def test_action_chunk_matches(reference, case, tmp_path):
     raw = _raw_batch(ref)
     # the whole normalized horizon, per-step noise (DDPM) from the same explicit generator
     batch = policy.normalizer.normalize_batch(raw)
-    sample = policy.head.predict_action(policy.encode(batch), batch, noise=ref["noise"],
-                                        generator=torch.Generator().manual_seed(99))
+    sample = policy.head.predict_action(
+        policy.encode(batch), batch, noise=ref["noise"], generator=torch.Generator().manual_seed(99)
+    )
     assert (sample - ref["sample"]).abs().max() <= 1e-4
     # LeRobot's predict_action_chunk (robot units, its executed window); DDPM draws its per-step noise
     # from the global RNG there, which the peer seeded right before sampling

@@ -8,10 +8,14 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-
+from vla_backbones.resnet_spatial_softmax import (
+    SpatialSoftmax,
+    SpatialSoftmaxBackbone,
+    center_crop,
+    random_crop,
+)
 from vla_core import ConfigError, FeatureType, PolicyFeature, build_backbone, save_safetensors
 from vla_core.testing import check_backbone, random_batch
-from vla_backbones.resnet_spatial_softmax import SpatialSoftmax, SpatialSoftmaxBackbone, center_crop, random_crop
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -24,16 +28,23 @@ def _one_thread():
 
 
 def make(cams=1, steps=1, shape=(3, 40, 40), **kw) -> SpatialSoftmaxBackbone:
-    spec = {"type": "resnet_spatial_softmax", "image_keys": [f"observation.images.c{i}" for i in range(cams)],
-            "image_shape": list(shape), "n_obs_steps": steps, "num_keypoints": 4, **kw}
+    spec = {
+        "type": "resnet_spatial_softmax",
+        "image_keys": [f"observation.images.c{i}" for i in range(cams)],
+        "image_shape": list(shape),
+        "n_obs_steps": steps,
+        "num_keypoints": 4,
+        **kw,
+    }
     return build_backbone(spec)
 
 
 def images(backbone, batch_size=2, seed=0):
     c = backbone.config
     feats = {k: PolicyFeature(FeatureType.VISUAL, tuple(c.image_shape)) for k in c.image_keys}
-    return random_batch(feats, batch_size=batch_size, n_obs_steps=c.n_obs_steps,
-                        generator=torch.Generator().manual_seed(seed))
+    return random_batch(
+        feats, batch_size=batch_size, n_obs_steps=c.n_obs_steps, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_contract_suite():
@@ -58,7 +69,9 @@ def test_one_token_per_camera_and_step(cams, steps, batch, separate):
         for c in range(cams):
             enc = backbone.encoders[c if separate else 0]
             with torch.no_grad():
-                want = enc(data[f"observation.images.c{c}"][:, s] if steps > 1 else data[f"observation.images.c{c}"])
+                want = enc(
+                    data[f"observation.images.c{c}"][:, s] if steps > 1 else data[f"observation.images.c{c}"]
+                )
             torch.testing.assert_close(out[:, s * cams + c], want, atol=1e-5, rtol=1e-5)
     assert len(backbone.encoders) == (cams if separate else 1)
 
@@ -82,7 +95,12 @@ def test_crop_random_in_training_center_in_eval():
     assert crops.shape == (16, 3, 32, 32)
     offsets = set()
     for i in range(16):  # every crop is a window of its own image, not all at the same place
-        found = [(t, l) for t in range(9) for l in range(9) if torch.equal(crops[i], x[i, :, t : t + 32, l : l + 32])]
+        found = [
+            (t, c)
+            for t in range(9)
+            for c in range(9)
+            if torch.equal(crops[i], x[i, :, t : t + 32, c : c + 32])
+        ]
         assert found
         offsets.add(found[0])
     assert len(offsets) > 1
@@ -114,7 +132,9 @@ def test_pretrained_weights_from_a_local_state_dict(tmp_path):
     save_safetensors(reference.state_dict(), path)
     backbone = make(use_group_norm=False, pretrained_weights=str(path))
     torch.testing.assert_close(backbone.encoders[0].backbone[0].weight, reference.conv1.weight)
-    torch.testing.assert_close(backbone.encoders[0].backbone[7][1].bn2.running_var, reference.layer4[1].bn2.running_var)
+    torch.testing.assert_close(
+        backbone.encoders[0].backbone[7][1].bn2.running_var, reference.layer4[1].bn2.running_var
+    )
     with pytest.raises(ConfigError, match="use_group_norm"):
         make(use_group_norm=True, pretrained_weights=str(path))
 

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
 from vla_core import BackboneOutput, ConfigError, FeatureType, PolicyFeature, build_head
 from vla_core.testing import check_head, random_batch
 from vla_heads.unet_diffusion import ConditionalUnet1d, UNetDiffusionHead
@@ -29,8 +28,18 @@ def _one_thread():
 
 
 def make_head(**kw) -> UNetDiffusionHead:
-    spec = {"type": "unet_diffusion", "action_dim": 2, "horizon": 8, "context_dim": 6, "state_dim": 3,
-            "n_obs_steps": 2, "image_keys": ["observation.images.top"], "num_train_timesteps": 20, **TINY, **kw}
+    spec = {
+        "type": "unet_diffusion",
+        "action_dim": 2,
+        "horizon": 8,
+        "context_dim": 6,
+        "state_dim": 3,
+        "n_obs_steps": 2,
+        "image_keys": ["observation.images.top"],
+        "num_train_timesteps": 20,
+        **TINY,
+        **kw,
+    }
     return build_head(spec)
 
 
@@ -42,10 +51,14 @@ def inputs(head: UNetDiffusionHead, batch_size: int = 2, seed: int = 0):
         feats["observation.state"] = PolicyFeature(FeatureType.STATE, (c.state_dim,))
     if c.env_state_dim:
         feats["observation.environment_state"] = PolicyFeature(FeatureType.ENV, (c.env_state_dim,))
-    batch = random_batch(feats, batch_size=batch_size, horizon=c.horizon, n_obs_steps=c.n_obs_steps, generator=g)
+    batch = random_batch(
+        feats, batch_size=batch_size, horizon=c.horizon, n_obs_steps=c.n_obs_steps, generator=g
+    )
     tokens = c.tokens_per_sample or 3
-    context = BackboneOutput(features=torch.randn(batch_size, tokens, c.context_dim, generator=g),
-                             attention_mask=torch.ones(batch_size, tokens, dtype=torch.bool))
+    context = BackboneOutput(
+        features=torch.randn(batch_size, tokens, c.context_dim, generator=g),
+        attention_mask=torch.ones(batch_size, tokens, dtype=torch.bool),
+    )
     return context, batch
 
 
@@ -55,7 +68,9 @@ def reference_unet(unet: ConditionalUnet1d, x, timestep, global_cond):
 
     def conv_block(block, h):
         h = F.conv1d(h, block.conv.weight, block.conv.bias, padding=block.conv.padding)
-        return F.mish(F.group_norm(h, block.norm.num_groups, block.norm.weight, block.norm.bias, block.norm.eps))
+        return F.mish(
+            F.group_norm(h, block.norm.num_groups, block.norm.weight, block.norm.bias, block.norm.eps)
+        )
 
     def res(block, h, cond):
         out = conv_block(block.conv1, h)
@@ -84,8 +99,13 @@ def reference_unet(unet: ConditionalUnet1d, x, timestep, global_cond):
 
 
 @settings(max_examples=8, deadline=None)
-@given(t=st.integers(2, 9), c_in=st.integers(1, 9), c_out=st.integers(1, 9), k=st.sampled_from([1, 3, 5]),
-       stride=st.sampled_from([1, 2]))
+@given(
+    t=st.integers(2, 9),
+    c_in=st.integers(1, 9),
+    c_out=st.integers(1, 9),
+    k=st.sampled_from([1, 3, 5]),
+    stride=st.sampled_from([1, 2]),
+)
 def test_gemm_convolutions_equal_torch_convolutions(t, c_in, c_out, k, stride):
     g = torch.Generator().manual_seed(t * 100 + c_in)
     x = torch.randn(2, c_in, t, generator=g)
@@ -104,14 +124,19 @@ def test_gemm_convolutions_equal_torch_convolutions(t, c_in, c_out, k, stride):
 @pytest.mark.parametrize("scale", [True, False])
 def test_unet_equals_the_plain_conv_reference(scale):
     torch.manual_seed(0)
-    unet = ConditionalUnet1d(3, 10, down_dims=(8, 16, 32), kernel_size=5, n_groups=4, step_embed_dim=8,
-                             scale_modulation=scale)
+    unet = ConditionalUnet1d(
+        3, 10, down_dims=(8, 16, 32), kernel_size=5, n_groups=4, step_embed_dim=8, scale_modulation=scale
+    )
     x, t, g = torch.randn(4, 16, 3), torch.tensor([0, 3, 50, 99]), torch.randn(4, 10)
     want = reference_unet(unet, x, t, g)
     torch.testing.assert_close(unet(x, t, g), want, atol=1e-5, rtol=1e-4)
     table = unet.film_table(torch.tensor([99, 3]), g)  # the sampling path: FiLM precomputed per step
-    torch.testing.assert_close(unet.denoise(x, [f[1] for f in table]), reference_unet(unet, x, torch.full((4,), 3), g),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        unet.denoise(x, [f[1] for f in table]),
+        reference_unet(unet, x, torch.full((4,), 3), g),
+        atol=1e-5,
+        rtol=1e-4,
+    )
     want.square().mean().backward()  # gradients reach every parameter through the GEMM path
     grads = torch.autograd.grad(unet(x, t, g).square().mean(), list(unet.parameters()))
     assert all(gr.abs().sum() > 0 for gr in grads)
@@ -127,11 +152,18 @@ def test_contract_suite():
 
 
 @settings(max_examples=6, deadline=None)
-@given(horizon=st.sampled_from([4, 8, 12]), steps=st.integers(1, 3), cams=st.integers(1, 3), bsz=st.integers(1, 3),
-       env=st.sampled_from([None, 2]))
+@given(
+    horizon=st.sampled_from([4, 8, 12]),
+    steps=st.integers(1, 3),
+    cams=st.integers(1, 3),
+    bsz=st.integers(1, 3),
+    env=st.sampled_from([None, 2]),
+)
 def test_shapes_and_global_conditioning(horizon, steps, cams, bsz, env):
     torch.manual_seed(0)
-    head = make_head(horizon=horizon, n_obs_steps=steps, image_keys=[f"c{i}" for i in range(cams)], env_state_dim=env)
+    head = make_head(
+        horizon=horizon, n_obs_steps=steps, image_keys=[f"c{i}" for i in range(cams)], env_state_dim=env
+    )
     context, batch = inputs(head, bsz)
     assert context.features.shape[1] == steps * cams
     cond = head.global_conditioning(context, batch)
@@ -142,7 +174,9 @@ def test_shapes_and_global_conditioning(horizon, steps, cams, bsz, env):
         part = cond[:, s * width : (s + 1) * width]
         state = batch["observation.state"]
         torch.testing.assert_close(part[:, :3], state[:, s] if steps > 1 else state)
-        torch.testing.assert_close(part[:, 3 : 3 + cams * 6], context.features[:, s * cams : (s + 1) * cams].flatten(1))
+        torch.testing.assert_close(
+            part[:, 3 : 3 + cams * 6], context.features[:, s * cams : (s + 1) * cams].flatten(1)
+        )
     head.eval()
     assert head.predict_action(context, batch).shape == (bsz, horizon, 2)
     head.train()
@@ -153,9 +187,13 @@ def test_mean_pooling_takes_any_number_of_tokens_and_ignores_padding():
     torch.manual_seed(0)
     head = make_head(context_pooling="mean", image_keys=[]).eval()
     context, batch = inputs(head, 2)
-    longer = BackboneOutput(features=torch.cat([context.features, torch.randn(2, 4, 6)], dim=1),
-                            attention_mask=torch.cat([context.attention_mask, torch.zeros(2, 4, dtype=torch.bool)], 1))
-    torch.testing.assert_close(head.global_conditioning(longer, batch), head.global_conditioning(context, batch))
+    longer = BackboneOutput(
+        features=torch.cat([context.features, torch.randn(2, 4, 6)], dim=1),
+        attention_mask=torch.cat([context.attention_mask, torch.zeros(2, 4, dtype=torch.bool)], 1),
+    )
+    torch.testing.assert_close(
+        head.global_conditioning(longer, batch), head.global_conditioning(context, batch)
+    )
     assert head.config.global_cond_dim == 2 * 3 + 6
     with pytest.raises(ValueError, match="flatten pooling expects 2 tokens"):
         make_head().global_conditioning(longer, batch)
@@ -187,8 +225,9 @@ def test_scheduler_switch_matches_a_head_built_with_the_other_type():
     context, batch = inputs(ddpm)
     noise = torch.randn(2, 8, 2)
     ddpm.use_scheduler("DDIM", 4)
-    torch.testing.assert_close(ddpm.predict_action(context, batch, noise=noise),
-                               ddim.predict_action(context, batch, noise=noise))
+    torch.testing.assert_close(
+        ddpm.predict_action(context, batch, noise=noise), ddim.predict_action(context, batch, noise=noise)
+    )
     assert type(ddpm.noise_scheduler).__name__ == "DDIMScheduler"
 
 
@@ -220,7 +259,9 @@ def test_loss_target_and_padding_mask(prediction_type):
     torch.manual_seed(1)
     noise = torch.randn_like(batch["action"])
     t = torch.randint(0, 20, (2,))
-    pred = head.unet(head.noise_scheduler.add_noise(batch["action"], noise, t), t, head.global_conditioning(context, batch))
+    pred = head.unet(
+        head.noise_scheduler.add_noise(batch["action"], noise, t), t, head.global_conditioning(context, batch)
+    )
     target = noise if prediction_type == "epsilon" else batch["action"]
     torch.testing.assert_close(base, (pred - target)[:, :5].square().mean())
     unmasked = make_head(prediction_type=prediction_type)

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from vla_core import BACKBONES, Backbone, BackboneOutput, ConfigError
 from vla_core.checkpoint import load_tensors
 from vla_core.config import ComponentConfig, check_positive
@@ -27,7 +26,7 @@ RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 @dataclass(frozen=True, kw_only=True)
 class SpatialSoftmaxConfig(ComponentConfig):
-    """Derived fields (filled from the policy's features): ``image_keys``, ``image_shape``, ``n_obs_steps``."""
+    """Derived fields (filled from the features): ``image_keys``, ``image_shape``, ``n_obs_steps``."""
 
     image_keys: tuple[str, ...] = ()
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) of every camera
@@ -49,7 +48,9 @@ class SpatialSoftmaxConfig(ComponentConfig):
             raise ConfigError(f"{name}.image_shape: expected (C, H, W), received {self.image_shape!r}")
         check_positive(name, n_obs_steps=self.n_obs_steps, num_keypoints=self.num_keypoints)
         if self.vision_backbone not in RESNETS:
-            raise ConfigError(f"{name}.vision_backbone: expected one of {list(RESNETS)}, received {self.vision_backbone!r}")
+            raise ConfigError(
+                f"{name}.vision_backbone: expected one of {list(RESNETS)}, received {self.vision_backbone!r}"
+            )
         if self.use_group_norm and self.pretrained_weights:
             raise ConfigError(
                 f"{name}.use_group_norm: replacing BatchNorm by GroupNorm discards the pretrained BatchNorm "
@@ -62,7 +63,9 @@ class SpatialSoftmaxConfig(ComponentConfig):
         if self.crop_shape is not None:
             ch, cw = self.crop_shape
             if not (0 < ch <= h and 0 < cw <= w):
-                raise ConfigError(f"{name}.crop_shape: expected a crop within the {h}x{w} image, received {self.crop_shape}")
+                raise ConfigError(
+                    f"{name}.crop_shape: expected a crop within the {h}x{w} image, received {self.crop_shape}"
+                )
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -86,7 +89,10 @@ def _resnet_trunk(name: str, use_group_norm: bool, weights_path: str | None) -> 
         missing = [k for k in missing if not k.startswith("fc.")]
         unexpected = [k for k in unexpected if not k.startswith("fc.")]
         if missing or unexpected:
-            raise ValueError(f"{path}: not a torchvision {name} state dict (missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise ValueError(
+                f"{path}: not a torchvision {name} state dict "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
     trunk = nn.Sequential(*list(model.children())[:-2])
     if use_group_norm:
         _batchnorm_to_groupnorm(trunk)
@@ -128,7 +134,9 @@ class RgbEncoder(nn.Module):
 
     def __init__(self, config: SpatialSoftmaxConfig) -> None:
         super().__init__()
-        self.backbone = _resnet_trunk(config.vision_backbone, config.use_group_norm, config.pretrained_weights)
+        self.backbone = _resnet_trunk(
+            config.vision_backbone, config.use_group_norm, config.pretrained_weights
+        )
         with torch.no_grad():  # eval: the shape probe must not touch BatchNorm running statistics
             probe = torch.zeros(1, config.image_shape[0], *config.input_hw)
             c, h, w = self.backbone.eval()(probe).shape[1:]
@@ -178,11 +186,12 @@ class SpatialSoftmaxBackbone(Backbone):
         return {RgbEncoder}
 
     def preprocess(self, images: Tensor) -> Tensor:
-        """(N, C, H, W) -> resized, then cropped (random in training when ``crop_is_random``, else central)."""
+        """(N, C, H, W) -> resized, then cropped (random in training if ``crop_is_random``, else central)."""
         c = self.config
         if c.resize_shape is not None:
-            images = F.interpolate(images, size=tuple(c.resize_shape), mode="bilinear", align_corners=False,
-                                   antialias=True)
+            images = F.interpolate(
+                images, size=tuple(c.resize_shape), mode="bilinear", align_corners=False, antialias=True
+            )
         if c.crop_shape is not None:
             if self.training and c.crop_is_random:
                 images = random_crop(images, tuple(c.crop_shape))
@@ -210,8 +219,13 @@ class SpatialSoftmaxBackbone(Backbone):
             feats = self.encoders[0](self.preprocess(images.flatten(0, 2))).view(b, s, n, -1)
         else:
             feats = torch.stack(
-                [enc(self.preprocess(images[:, :, i].flatten(0, 1))).view(b, s, -1) for i, enc in enumerate(self.encoders)],
+                [
+                    enc(self.preprocess(images[:, :, i].flatten(0, 1))).view(b, s, -1)
+                    for i, enc in enumerate(self.encoders)
+                ],
                 dim=2,
             )  # (B, S, N, D)
         tokens = feats.reshape(b, s * n, self.output_dim)
-        return BackboneOutput(features=tokens, attention_mask=torch.ones(b, s * n, dtype=torch.bool, device=tokens.device))
+        return BackboneOutput(
+            features=tokens, attention_mask=torch.ones(b, s * n, dtype=torch.bool, device=tokens.device)
+        )

@@ -58,35 +58,53 @@ class UNetDiffusionConfig(ComponentConfig):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        check_positive(name, action_dim=self.action_dim, horizon=self.horizon, n_obs_steps=self.n_obs_steps,
-                       kernel_size=self.kernel_size, n_groups=self.n_groups,
-                       diffusion_step_embed_dim=self.diffusion_step_embed_dim,
-                       num_train_timesteps=self.num_train_timesteps, clip_sample_range=self.clip_sample_range)
-        for field in ("context_dim", "state_dim", "env_state_dim", "num_context_tokens", "num_inference_steps"):
+        check_positive(
+            name,
+            action_dim=self.action_dim,
+            horizon=self.horizon,
+            n_obs_steps=self.n_obs_steps,
+            kernel_size=self.kernel_size,
+            n_groups=self.n_groups,
+            diffusion_step_embed_dim=self.diffusion_step_embed_dim,
+            num_train_timesteps=self.num_train_timesteps,
+            clip_sample_range=self.clip_sample_range,
+        )
+        for field in (
+            "context_dim",
+            "state_dim",
+            "env_state_dim",
+            "num_context_tokens",
+            "num_inference_steps",
+        ):
             value = getattr(self, field)
             if value is not None:
                 check_positive(name, **{field: value})
         check_choice(name, "context_pooling", self.context_pooling, ("flatten", "mean"))
         check_choice(name, "noise_scheduler_type", self.noise_scheduler_type, ("DDPM", "DDIM"))
         check_choice(name, "prediction_type", self.prediction_type, ("epsilon", "sample"))
-        check_choice(name, "beta_schedule", self.beta_schedule,
-                     ("linear", "scaled_linear", "squaredcos_cap_v2"))
+        check_choice(
+            name, "beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2")
+        )
         if not self.down_dims or any(d <= 0 or d % self.n_groups for d in self.down_dims):
             raise ConfigError(
                 f"{name}.down_dims: expected positive widths divisible by n_groups={self.n_groups}, "
                 f"received {self.down_dims}"
             )
         if self.kernel_size % 2 == 0:
-            raise ConfigError(f"{name}.kernel_size: expected an odd size ('same' padding), received {self.kernel_size}")
+            raise ConfigError(
+                f"{name}.kernel_size: expected an odd size ('same' padding), received {self.kernel_size}"
+            )
         factor = 2 ** (len(self.down_dims) - 1)
         if self.horizon % factor:
             raise ConfigError(
-                f"{name}.horizon: the UNet halves the horizon {len(self.down_dims) - 1} times, so it must be a "
+                f"{name}.horizon: the UNet halves the horizon {len(self.down_dims) - 1} times, so it must "
+                "be a "
                 f"multiple of {factor}; received {self.horizon}"
             )
         if self.diffusion_step_embed_dim % 2 or self.diffusion_step_embed_dim < 4:
             raise ConfigError(
-                f"{name}.diffusion_step_embed_dim: expected an even number >= 4, received {self.diffusion_step_embed_dim}"
+                f"{name}.diffusion_step_embed_dim: expected an even number >= 4, "
+                f"received {self.diffusion_step_embed_dim}"
             )
         if self.num_inference_steps is not None and self.num_inference_steps > self.num_train_timesteps:
             raise ConfigError(
@@ -96,7 +114,8 @@ class UNetDiffusionConfig(ComponentConfig):
         tokens = self.tokens_per_sample
         if self.context_pooling == "flatten" and tokens is not None and tokens % self.n_obs_steps:
             raise ConfigError(
-                f"{name}.num_context_tokens: flatten pooling splits the tokens over n_obs_steps={self.n_obs_steps} "
+                f"{name}.num_context_tokens: flatten pooling splits the tokens over "
+                f"n_obs_steps={self.n_obs_steps} "
                 f"steps, so it must be a multiple of it; received {tokens}"
             )
 

@@ -8,17 +8,17 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
 from vla_core import HEADS, ActionHead, BackboneOutput, ConfigError, HeadOutput
 from vla_core.features import ACTION, ACTION_IS_PAD, OBS_ENV_STATE, OBS_STATE
 from vla_core.interfaces import Batch
+
 from vla_heads.unet_diffusion.config import UNetDiffusionConfig
 from vla_heads.unet_diffusion.layers import ResidualBlock1d
 from vla_heads.unet_diffusion.unet import ConditionalUnet1d
 
 
 def make_scheduler(kind: str, **kwargs: Any):
-    """A diffusers ``DDPMScheduler`` (``kind="DDPM"``) or ``DDIMScheduler`` (``"DDIM"``) built from ``kwargs``."""
+    """A diffusers ``DDPMScheduler`` (``kind="DDPM"``) or ``DDIMScheduler`` (``"DDIM"``) from ``kwargs``."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
     schedulers = {"DDPM": DDPMScheduler, "DDIM": DDIMScheduler}
@@ -51,9 +51,14 @@ class UNetDiffusionHead(ActionHead):
         super().__init__()
         self.config = config
         self.horizon, self.action_dim = config.horizon, config.action_dim
-        if config.context_dim is not None and config.context_pooling == "flatten" and config.tokens_per_sample is None:
+        if (
+            config.context_dim is not None
+            and config.context_pooling == "flatten"
+            and config.tokens_per_sample is None
+        ):
             raise ConfigError(
-                "UNetDiffusionConfig.num_context_tokens: flatten pooling needs the number of context tokens; set "
+                "UNetDiffusionConfig.num_context_tokens: flatten pooling needs the number of context tokens; "
+                "set "
                 "it, declare image_keys, or use context_pooling='mean'"
             )
         self.unet = ConditionalUnet1d(
@@ -91,7 +96,9 @@ class UNetDiffusionHead(ActionHead):
         if not dim:
             return None
         if key not in batch:
-            raise ValueError(f"missing batch key {key!r}: the unet_diffusion head conditions on it (dim {dim})")
+            raise ValueError(
+                f"missing batch key {key!r}: the unet_diffusion head conditions on it (dim {dim})"
+            )
         value = batch[key]
         if value.dim() == 2:
             value = value.unsqueeze(1).expand(-1, self.config.n_obs_steps, -1)
@@ -133,10 +140,14 @@ class UNetDiffusionHead(ActionHead):
         """Diffusion loss for the normalized target ``batch["action"]`` (B, H, A)."""
         target = batch[ACTION]
         if target.shape[1] != self.horizon:
-            raise ValueError(f"batch key {ACTION!r}: expected horizon {self.horizon}, received {target.shape[1]}")
+            raise ValueError(
+                f"batch key {ACTION!r}: expected horizon {self.horizon}, received {target.shape[1]}"
+            )
         global_cond = self.global_conditioning(context, batch)
         noise = torch.randn_like(target)
-        timesteps = torch.randint(0, self.config.num_train_timesteps, (target.shape[0],), device=target.device)
+        timesteps = torch.randint(
+            0, self.config.num_train_timesteps, (target.shape[0],), device=target.device
+        )
         noisy = self.noise_scheduler.add_noise(target, noise, timesteps)
         pred = self.unet(noisy, timesteps, global_cond)
         goal = noise if self.config.prediction_type == "epsilon" else target
@@ -170,7 +181,9 @@ class UNetDiffusionHead(ActionHead):
             bsz = global_cond.shape[0]
             dtype, device = global_cond.dtype, global_cond.device
             if noise is None:
-                sample = torch.randn(bsz, self.horizon, self.action_dim, generator=generator, device=device, dtype=dtype)
+                sample = torch.randn(
+                    bsz, self.horizon, self.action_dim, generator=generator, device=device, dtype=dtype
+                )
             else:
                 sample = noise.to(device=device, dtype=dtype)
             scheduler = self.noise_scheduler

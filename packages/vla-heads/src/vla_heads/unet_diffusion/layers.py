@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def conv1d_btc(x: Tensor, weight: Tensor, bias: Tensor | None, *, stride: int = 1, padding: int = 0) -> Tensor:
+def conv1d_btc(
+    x: Tensor, weight: Tensor, bias: Tensor | None, *, stride: int = 1, padding: int = 0
+) -> Tensor:
     """``nn.Conv1d`` on time-major input as one GEMM.
 
     x: (B, T, C_in); weight: (C_out, C_in, k) (``nn.Conv1d`` layout); bias: (C_out,).
@@ -45,7 +47,9 @@ def upsample2x_btc(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """
     c_in, c_out, k = weight.shape
     if k != 4:
-        raise ValueError(f"upsample2x_btc: expected kernel size 4, received weight of shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"upsample2x_btc: expected kernel size 4, received weight of shape {tuple(weight.shape)}"
+        )
     b, t, _ = x.shape
     z = torch.matmul(x, weight.reshape(c_in, c_out * k)).view(b, t, c_out, k)
     zero = z.new_zeros(b, 1, c_out)
@@ -68,8 +72,9 @@ def group_norm_btc(x: Tensor, num_groups: int, weight: Tensor, bias: Tensor, eps
 class Conv1dGemm(nn.Module):
     """An ``nn.Conv1d`` (same parameters and state-dict layout) applied to time-major (B, T, C) input."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-                 padding: int = 0) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, padding: int = 0
+    ) -> None:
         super().__init__()
         self.stride, self.padding = stride, padding
         ref = nn.Conv1d(in_channels, out_channels, kernel_size)  # PyTorch's default initialisation
@@ -105,7 +110,9 @@ class ConvNormMish(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x)
-        return F.mish(group_norm_btc(y, self.norm.num_groups, self.norm.weight, self.norm.bias, self.norm.eps))
+        return F.mish(
+            group_norm_btc(y, self.norm.num_groups, self.norm.weight, self.norm.bias, self.norm.eps)
+        )
 
 
 class ResidualBlock1d(nn.Module):
@@ -117,8 +124,16 @@ class ResidualBlock1d(nn.Module):
     sampling run instead of once per denoising step.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, *, kernel_size: int, n_groups: int,
-                 scale_modulation: bool) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        cond_dim: int,
+        *,
+        kernel_size: int,
+        n_groups: int,
+        scale_modulation: bool,
+    ) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.scale_modulation = scale_modulation
@@ -132,7 +147,7 @@ class ResidualBlock1d(nn.Module):
         h = self.conv1(x)
         film = film.unsqueeze(1)
         if self.scale_modulation:
-            h = torch.addcmul(film[..., self.out_channels:], film[..., : self.out_channels], h)
+            h = torch.addcmul(film[..., self.out_channels :], film[..., : self.out_channels], h)
         else:
             h = h + film
         h = self.conv2(h)

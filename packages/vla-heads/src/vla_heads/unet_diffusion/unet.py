@@ -76,14 +76,20 @@ class ConditionalUnet1d(nn.Module):
             EncoderLevel(
                 res(widths[i], widths[i + 1]),
                 res(widths[i + 1], widths[i + 1]),
-                Conv1dGemm(widths[i + 1], widths[i + 1], 3, stride=2, padding=1) if i < len(down_dims) - 1 else None,
+                Conv1dGemm(widths[i + 1], widths[i + 1], 3, stride=2, padding=1)
+                if i < len(down_dims) - 1
+                else None,
             )
             for i in range(len(down_dims))
         )
         self.mid = nn.ModuleList([res(down_dims[-1], down_dims[-1]), res(down_dims[-1], down_dims[-1])])
         # Decoder levels pair (d_{i+1} -> d_i) for i from the widest down; every one upsamples.
         self.decoder = nn.ModuleList(
-            DecoderLevel(res(2 * down_dims[i + 1], down_dims[i]), res(down_dims[i], down_dims[i]), Upsample2x(down_dims[i]))
+            DecoderLevel(
+                res(2 * down_dims[i + 1], down_dims[i]),
+                res(down_dims[i], down_dims[i]),
+                Upsample2x(down_dims[i]),
+            )
             for i in reversed(range(len(down_dims) - 1))
         )
         self.final_block = ConvNormMish(down_dims[0], down_dims[0], kernel_size, n_groups)

@@ -1,4 +1,4 @@
-"""LeRobot 0.6.x ``DiffusionPolicy`` directories -> vla policies (``resnet_spatial_softmax`` + ``unet_diffusion``).
+"""LeRobot 0.6.x ``DiffusionPolicy`` dirs -> vla policies (``resnet_spatial_softmax`` + ``unet_diffusion``).
 
 Weights are renamed by :data:`KEY_RENAMES` (regex -> replacement, applied in order: data, not code);
 the tensor layouts are the same on both sides. Normalization stats come from LeRobot's processor
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from vla_core import ConfigError, VLAPolicy, load_into, load_tensors
 
 # LeRobot key (regex) -> vla key, applied in order to every key.
@@ -42,8 +41,18 @@ KEY_RENAMES: tuple[tuple[str, str], ...] = (
     (r"\.residual_conv\.", ".residual."),
 )
 
-NORMALIZATION_MODES = {"MEAN_STD": "mean_std", "MIN_MAX": "min_max", "QUANTILES": "quantile", "IDENTITY": "identity"}
-RESNET_DEPTHS = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}
+NORMALIZATION_MODES = {
+    "MEAN_STD": "mean_std",
+    "MIN_MAX": "min_max",
+    "QUANTILES": "quantile",
+    "IDENTITY": "identity",
+}
+RESNET_DEPTHS = {
+    (2, 2, 2, 2): "resnet18",
+    (3, 4, 6, 3): "resnet34",
+    (3, 4, 23, 3): "resnet101",
+    (3, 8, 36, 3): "resnet152",
+}
 
 
 def rename_keys(tensors: Mapping[str, torch.Tensor], renames=KEY_RENAMES) -> dict[str, torch.Tensor]:
@@ -69,13 +78,16 @@ def read_stats(src: Path) -> dict[str, dict[str, torch.Tensor]]:
                 feature, stat = name.rsplit(".", 1)
                 stats.setdefault(feature, {})[stat] = tensor
     if not stats:
-        raise FileNotFoundError(f"{src}: no LeRobot normalizer state (policy_preprocessor*.json with a state_file)")
+        raise FileNotFoundError(
+            f"{src}: no LeRobot normalizer state (policy_preprocessor*.json with a state_file)"
+        )
     return stats
 
 
 def _resnet_name(tensors: Mapping[str, torch.Tensor], prefix: str) -> str:
     depths = tuple(
-        len({k[len(f"{prefix}{i}."):].split(".")[0] for k in tensors if k.startswith(f"{prefix}{i}.")}) for i in (4, 5, 6, 7)
+        len({k[len(f"{prefix}{i}.") :].split(".")[0] for k in tensors if k.startswith(f"{prefix}{i}.")})
+        for i in (4, 5, 6, 7)
     )
     bottleneck = any(k.startswith(prefix) and ".conv3." in k for k in tensors)
     name = "resnet50" if bottleneck and depths == (3, 4, 6, 3) else RESNET_DEPTHS.get(depths)
@@ -121,8 +133,17 @@ def policy_config(lerobot: Mapping[str, Any], tensors: Mapping[str, torch.Tensor
         "use_film_scale_modulation": film_out == 2 * down_dims[0],
         "do_mask_loss_for_padding": bool(lerobot.get("do_mask_loss_for_padding", False)),
     }
-    for field in ("noise_scheduler_type", "num_train_timesteps", "num_inference_steps", "beta_schedule", "beta_start",
-                  "beta_end", "prediction_type", "clip_sample", "clip_sample_range"):
+    for field in (
+        "noise_scheduler_type",
+        "num_train_timesteps",
+        "num_inference_steps",
+        "beta_schedule",
+        "beta_start",
+        "beta_end",
+        "prediction_type",
+        "clip_sample",
+        "clip_sample_range",
+    ):
         if field in lerobot:
             head[field] = lerobot[field]
     n_obs = lerobot.get("n_obs_steps", 2)
@@ -143,12 +164,17 @@ def convert(src: Path, dst: Path) -> Path:
     src, dst = Path(src), Path(dst)
     lerobot = json.loads((src / "config.json").read_text())
     if lerobot.get("type") != "diffusion":
-        raise ConfigError(f"{src / 'config.json'}: expected a LeRobot 'diffusion' policy, received {lerobot.get('type')!r}")
+        raise ConfigError(
+            f"{src / 'config.json'}: expected a LeRobot 'diffusion' policy, received {lerobot.get('type')!r}"
+        )
     tensors = load_tensors(src / "model.safetensors")
     policy = VLAPolicy(policy_config(lerobot, tensors))
     renamed = rename_keys(tensors)
     for part in ("backbone", "head"):
-        load_into(getattr(policy, part), {k[len(part) + 1 :]: v for k, v in renamed.items() if k.startswith(part + ".")})
+        load_into(
+            getattr(policy, part),
+            {k[len(part) + 1 :]: v for k, v in renamed.items() if k.startswith(part + ".")},
+        )
     leftover = sorted(k for k in renamed if not k.startswith(("backbone.", "head.")))
     if leftover:
         raise ConfigError(f"{src}: checkpoint keys with no vla counterpart: {leftover[:10]}")
