@@ -7,10 +7,11 @@ from torch import Tensor
 
 
 class ActionQueue:
-    """Executes the first ``n_action_steps`` actions of each predicted chunk, one per call."""
+    """Executes ``n_action_steps`` actions of each predicted chunk, from index ``start``, one per call."""
 
-    def __init__(self, n_action_steps: int) -> None:
+    def __init__(self, n_action_steps: int, start: int = 0) -> None:
         self.n_action_steps = n_action_steps
+        self.start = start
         self._pending: list[Tensor] = []
 
     def reset(self) -> None:
@@ -20,8 +21,8 @@ class ActionQueue:
         return len(self._pending)
 
     def push(self, chunk: Tensor) -> None:
-        """chunk (B, H, A): queue its first n_action_steps actions (each (B, A))."""
-        self._pending = list(chunk[:, : self.n_action_steps].unbind(1))
+        """chunk (B, H, A): queue actions start .. start + n_action_steps - 1 (each (B, A))."""
+        self._pending = list(chunk[:, self.start : self.start + self.n_action_steps].unbind(1))
 
     def pop(self) -> Tensor:
         return self._pending.pop(0)
