@@ -204,3 +204,12 @@ def test_fsdp_units_and_config_round_trip():
     assert {u.__name__ for u in policy.fsdp_units()} == {"TokenLayer"}
     assert PolicyConfig.from_dict(policy.config.to_dict()) == policy.config
     assert FEATURES["output_features"]["action"]["shape"] == [2]
+
+
+def test_multi_step_policies_execute_from_the_current_step_by_default():
+    policy = make_policy(n_obs_steps=2)  # training windows start at the oldest observed step
+    batch = batch_for(policy, b=1)
+    chunk = policy.predict_action_chunk(batch)
+    assert policy.n_action_steps == 3
+    torch.testing.assert_close(policy.select_action(batch), chunk[:, 1])
+    torch.testing.assert_close(make_policy(n_obs_steps=2, action_start=0).select_action(batch), chunk[:, 0])

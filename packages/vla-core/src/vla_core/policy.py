@@ -52,7 +52,9 @@ class PolicyConfig(ComponentConfig):
     normalization: dict[str, str] = field(default_factory=dict)  # feature key or type -> mode
     n_obs_steps: int = 1
     n_action_steps: int | None = None  # defaults to the head's horizon
-    action_start: int = 0  # chunk index of the first executed action (LeRobot diffusion: n_obs_steps - 1)
+    # chunk index of the first executed action; None: n_obs_steps - 1, as the training windows start
+    # at the oldest observed step (LeRobot's convention)
+    action_start: int | None = None
     temporal_ensemble_coeff: float | None = None  # ACT uses 0.01; needs n_action_steps == 1
     freeze_backbone: bool = False
     freeze: tuple[str, ...] = ()  # glob patterns over parameter names, e.g. "backbone.layer1.*"
@@ -70,7 +72,7 @@ class PolicyConfig(ComponentConfig):
             raise ConfigError(f"{name}.n_obs_steps: expected >= 1, received {self.n_obs_steps}")
         if self.n_action_steps is not None and self.n_action_steps < 1:
             raise ConfigError(f"{name}.n_action_steps: expected >= 1, received {self.n_action_steps}")
-        if self.action_start < 0:
+        if self.action_start is not None and self.action_start < 0:
             raise ConfigError(f"{name}.action_start: expected >= 0, received {self.action_start}")
         if self.temporal_ensemble_coeff is not None and self.n_action_steps not in (None, 1):
             raise ConfigError(
@@ -182,14 +184,15 @@ class VLAPolicy(nn.Module):
                 f"head.action_dim is {self.head.action_dim} but output_features[{ACTION!r}] has "
                 f"{self.output_features[ACTION].shape[-1]}"
             )
-        n_action_steps = config.n_action_steps or self.head.horizon - config.action_start
-        if n_action_steps < 1 or config.action_start + n_action_steps > self.head.horizon:
-            after = f" starting at action_start {config.action_start}" if config.action_start else ""
+        action_start = config.n_obs_steps - 1 if config.action_start is None else config.action_start
+        n_action_steps = config.n_action_steps or self.head.horizon - action_start
+        if n_action_steps < 1 or action_start + n_action_steps > self.head.horizon:
+            after = f" starting at action_start {action_start}" if action_start else ""
             raise ConfigError(
                 f"n_action_steps: expected <= the head's horizon {self.head.horizon}, received {n_action_steps}{after}"
             )
         self.n_action_steps = n_action_steps
-        self._queue = ActionQueue(n_action_steps, start=config.action_start)
+        self._queue = ActionQueue(n_action_steps, start=action_start)
         self._ensembler = (
             TemporalEnsembler(config.temporal_ensemble_coeff, self.head.horizon)
             if config.temporal_ensemble_coeff is not None
