@@ -14,8 +14,8 @@ embedding is a lookup, so this changes none of the measured compute, only ~3 GiB
 Our policy shares LeRobot's parameter objects (the same weights, one copy in memory), and the
 script checks that both predict the same chunk from the same noise before timing.
 
-Measured: inference = ``predict_action_chunk`` at batch 1; train step = forward + backward at batch 2
-(the optimizer step is the same work on the same parameters in both, so it is left out).
+Measured: inference = ``predict_action_chunk`` at batch 1; train step = forward + backward + AdamW
+step at batch 2 (each side has its own AdamW over the shared weights).
 Prints median seconds and the ratio ours / LeRobot.
 """
 
@@ -142,13 +142,18 @@ def main() -> None:
 
     train = batch(2, args.vocab, 2)
 
+    opt_ours = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-5)
+    opt_theirs = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-5)
+
     def step_ours():
         ours.zero_grad(set_to_none=True)
         ours(train).loss.backward()
+        opt_ours.step()
 
     def step_theirs():
         theirs.zero_grad(set_to_none=True)
         theirs.forward(train)[0].backward()
+        opt_theirs.step()
 
     results = {}
     for name, (a, b, mode) in {"inference (batch 1)": (run_ours, run_theirs, "eval"),
