@@ -11,9 +11,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
-from vla_core import ConfigError
+import torch
+from vla_core import ConfigError, load_tensors
 
 LEROBOT_CONVERTERS = {
     "act": "vla_train.convert.lerobot_act",
@@ -36,3 +39,29 @@ def convert_lerobot(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         )
     module = importlib.import_module(LEROBOT_CONVERTERS[policy_type])
     return module.convert(src, dst)
+
+
+def read_lerobot_stats(src: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """``{feature: {stat: tensor}}`` from the (un)normalizer steps of LeRobot's processor files
+    (``policy_preprocessor*.json`` / ``policy_postprocessor*.json`` and the state files they name)."""
+    stats: dict[str, dict[str, torch.Tensor]] = {}
+    for pipeline in sorted(src.glob("policy_*processor*.json")):
+        for step in json.loads(pipeline.read_text()).get("steps", []):
+            state_file = step.get("state_file")
+            if not state_file or "normalizer" not in step.get("registry_name", ""):
+                continue
+            for name, tensor in load_tensors(src / state_file).items():
+                feature, _, stat = name.rpartition(".")
+                stats.setdefault(feature, {})[stat] = tensor
+    if not stats:
+        raise FileNotFoundError(
+            f"{src}: no normalizer stats found (expected policy_preprocessor.json and the "
+            "*_normalizer_processor.safetensors it names, as LeRobot 0.6.x saves them)"
+        )
+    return stats
+
+
+def count_indices(tensors: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """How many ``prefix.<i>.`` indices the checkpoint holds (e.g. layers of a stack)."""
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    return len({m.group(1) for k in tensors if (m := pattern.match(k))})

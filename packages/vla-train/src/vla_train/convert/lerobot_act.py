@@ -9,12 +9,13 @@ from tensor shapes) and the normalizer step of ``policy_preprocessor.json`` with
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from vla_core import CheckpointError, ConfigError, VLAPolicy, load_into, load_tensors
+
+from vla_train.convert.lerobot import count_indices, read_lerobot_stats
 
 # ours <- theirs (vla_core.load_into's ``name_mapping``): whole dotted prefixes.
 NAME_MAPPING: dict[str, str] = {
@@ -37,8 +38,6 @@ NAME_MAPPING: dict[str, str] = {
 }
 
 NORM_MODES = {"MEAN_STD": "mean_std", "MIN_MAX": "min_max", "IDENTITY": "identity", "QUANTILES": "quantile"}
-# LeRobot stat name -> ours, per mode (QUANTILES keeps q01 / q99 under those names).
-STAT_NAMES = {"mean": "mean", "std": "std", "min": "min", "max": "max", "q01": "q01", "q99": "q99"}
 
 # (blocks per stage, bottleneck, layer1.0.conv2 weight shape) -> torchvision variant.
 RESNET_SIGNATURES = {
@@ -55,15 +54,11 @@ RESNET_SIGNATURES = {
 }
 
 
-def _count(tensors: dict[str, torch.Tensor], prefix: str) -> int:
-    """Number of ``prefix.<i>.`` indices present."""
-    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
-    return len({m.group(1) for k in tensors if (m := pattern.match(k))})
 
 
 def resnet_variant(tensors: dict[str, torch.Tensor], prefix: str = "model.backbone") -> str:
     """The torchvision ResNet variant whose layout the ``prefix.*`` tensors have."""
-    blocks = tuple(_count(tensors, f"{prefix}.layer{i}") for i in range(1, 5))
+    blocks = tuple(count_indices(tensors, f"{prefix}.layer{i}") for i in range(1, 5))
     bottleneck = f"{prefix}.layer1.0.conv3.weight" in tensors
     conv2 = tuple(tensors[f"{prefix}.layer1.0.conv2.weight"].shape)
     try:
@@ -103,11 +98,11 @@ def policy_config(lr_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
         "dim_feedforward": int(tensors["model.encoder.layers.0.linear1.weight"].shape[0]),
         "activation": lr_config.get("feedforward_activation", "relu"),
         "pre_norm": "model.encoder.norm.weight" in tensors,
-        "n_encoder_layers": _count(tensors, "model.encoder.layers"),
-        "n_decoder_layers": _count(tensors, "model.decoder.layers"),
+        "n_encoder_layers": count_indices(tensors, "model.encoder.layers"),
+        "n_decoder_layers": count_indices(tensors, "model.decoder.layers"),
         "use_vae": use_vae,
         "latent_dim": int(tensors["model.encoder_latent_input_proj.weight"].shape[1]),
-        "n_vae_encoder_layers": _count(tensors, "model.vae_encoder.layers") if use_vae else 0,
+        "n_vae_encoder_layers": count_indices(tensors, "model.vae_encoder.layers") if use_vae else 0,
         "dropout": float(lr_config.get("dropout", 0.1)),
         "kl_weight": float(lr_config.get("kl_weight", 10.0)),
     }
@@ -124,26 +119,6 @@ def policy_config(lr_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
     }
 
 
-def read_stats(src: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """``{feature: {stat: tensor}}`` from the normalizer step of LeRobot's processor files."""
-    stats: dict[str, dict[str, torch.Tensor]] = {}
-    for name in ("policy_preprocessor.json", "policy_postprocessor.json"):
-        path = src / name
-        if not path.is_file():
-            continue
-        for step in json.loads(path.read_text()).get("steps", []):
-            if step.get("registry_name") not in ("normalizer_processor", "unnormalizer_processor"):
-                continue
-            if not step.get("state_file"):
-                continue
-            for key, tensor in load_tensors(src / step["state_file"]).items():
-                feature, _, stat = key.rpartition(".")
-                if stat in STAT_NAMES:
-                    stats.setdefault(feature, {})[STAT_NAMES[stat]] = tensor
-    if not stats:
-        raise FileNotFoundError(f"{src}: no normalizer stats found (expected policy_preprocessor.json and its "
-                                "*_normalizer_processor.safetensors, as LeRobot 0.6.x saves them)")
-    return stats
 
 
 def convert(src: Path, dst: Path) -> Path:
@@ -154,7 +129,7 @@ def convert(src: Path, dst: Path) -> Path:
         raise ConfigError(f"{src}/config.json: expected LeRobot policy type 'act', received {lr_config.get('type')!r}")
     tensors = load_tensors(src / "model.safetensors")
     policy = VLAPolicy(policy_config(lr_config, tensors))
-    stats = read_stats(src)
+    stats = read_lerobot_stats(src)
     own = policy.state_dict()
     normalizer = {k: v for k, v in own.items() if k.startswith("normalizer.")}
     policy.normalizer.set_stats(stats)

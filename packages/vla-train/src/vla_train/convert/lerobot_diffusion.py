@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from vla_core import ConfigError, VLAPolicy, load_into, load_tensors
 
+from vla_train.convert.lerobot import read_lerobot_stats
+
 # LeRobot key (regex) -> vla key, applied in order to every key.
 KEY_RENAMES: tuple[tuple[str, str], ...] = (
     (r"^diffusion\.rgb_encoder\.(\d+)\.", r"backbone.encoders.\1."),  # one encoder per camera
@@ -66,22 +68,6 @@ def rename_keys(tensors: Mapping[str, torch.Tensor], renames=KEY_RENAMES) -> dic
     return out
 
 
-def read_stats(src: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """``{feature: {stat: tensor}}`` from the normalizer steps of LeRobot's processor files in ``src``."""
-    stats: dict[str, dict[str, torch.Tensor]] = {}
-    for pipeline in sorted(src.glob("policy_*processor*.json")):
-        for step in json.loads(pipeline.read_text()).get("steps", []):
-            state_file = step.get("state_file")
-            if not state_file or "normalizer" not in step.get("registry_name", ""):
-                continue
-            for name, tensor in load_tensors(src / state_file).items():
-                feature, stat = name.rsplit(".", 1)
-                stats.setdefault(feature, {})[stat] = tensor
-    if not stats:
-        raise FileNotFoundError(
-            f"{src}: no LeRobot normalizer state (policy_preprocessor*.json with a state_file)"
-        )
-    return stats
 
 
 def _resnet_name(tensors: Mapping[str, torch.Tensor], prefix: str) -> str:
@@ -178,5 +164,5 @@ def convert(src: Path, dst: Path) -> Path:
     leftover = sorted(k for k in renamed if not k.startswith(("backbone.", "head.")))
     if leftover:
         raise ConfigError(f"{src}: checkpoint keys with no vla counterpart: {leftover[:10]}")
-    policy.normalizer.set_stats(read_stats(src))
+    policy.normalizer.set_stats(read_lerobot_stats(src))
     return policy.save_pretrained(dst)

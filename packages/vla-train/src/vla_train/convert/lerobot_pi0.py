@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
-
 from vla_core import CheckpointError, ConfigError, VLAPolicy, load_into, load_tensors
+
+from vla_train.convert.lerobot import count_indices, read_lerobot_stats
 
 PALIGEMMA = "model.paligemma_with_expert.paligemma.model"
 EXPERT = "model.paligemma_with_expert.gemma_expert.model"
@@ -48,9 +48,6 @@ VISION_HEADS = 16  # PaliGemma's SigLIP So400m default, which LeRobot never chan
 NORM_MODES = {"MEAN_STD": "mean_std", "MIN_MAX": "min_max", "IDENTITY": "identity", "QUANTILES": "quantile"}
 
 
-def _count(tensors: dict[str, torch.Tensor], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
-    return len({m.group(1) for k in tensors if (m := pattern.match(k))})
 
 
 def _shape(tensors: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:
@@ -61,7 +58,7 @@ def _shape(tensors: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:
 
 def gemma_dims(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, int]:
     """width, depth, mlp_dim, num_heads, num_kv_heads and head_dim of the Gemma stack at ``prefix``."""
-    depth = _count(tensors, f"{prefix}.layers")
+    depth = count_indices(tensors, f"{prefix}.layers")
     q_out, width = _shape(tensors, f"{prefix}.layers.0.self_attn.q_proj.weight")
     k_out = _shape(tensors, f"{prefix}.layers.0.self_attn.k_proj.weight")[0]
     head_dim = q_out // TEXT_HEADS
@@ -81,7 +78,7 @@ def siglip_dims(tensors: dict[str, torch.Tensor], image_size: int) -> dict[str, 
             f"the checkpoint has {positions}"
         )
     return {
-        "image_size": image_size, "vision_width": vision_width, "vision_depth": _count(tensors, f"{prefix}.encoder.layers"),
+        "image_size": image_size, "vision_width": vision_width, "vision_depth": count_indices(tensors, f"{prefix}.encoder.layers"),
         "vision_mlp_dim": _shape(tensors, f"{prefix}.encoder.layers.0.mlp.fc1.weight")[0],
         "vision_num_heads": VISION_HEADS, "patch_size": patch,
     }
@@ -122,17 +119,6 @@ def policy_config(lr: dict[str, Any], tensors: dict[str, torch.Tensor], tokenize
     }
 
 
-def read_stats(src: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """``{feature: {stat: tensor}}`` from the normalizer step of ``policy_preprocessor*.json``."""
-    for proc in sorted(src.glob("policy_preprocessor*.json")):
-        for step in json.loads(proc.read_text()).get("steps", []):
-            if step.get("registry_name") == "normalizer_processor" and step.get("state_file"):
-                stats: dict[str, dict[str, torch.Tensor]] = {}
-                for key, value in load_tensors(src / step["state_file"]).items():
-                    feature, stat = key.rsplit(".", 1)
-                    stats.setdefault(feature, {})[stat] = value
-                return stats
-    raise CheckpointError(f"{src}: no policy_preprocessor*.json with a normalizer_processor state file")
 
 
 def lerobot_tensors(src: Path) -> dict[str, torch.Tensor]:
@@ -162,7 +148,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, tokenizer: str | 
         raise ConfigError(f"{src / 'config.json'}: expected a LeRobot pi0 policy, received type {lr.get('type')!r}")
     tensors = lerobot_tensors(src)
     policy = VLAPolicy(policy_config(lr, tensors, None if tokenizer is None else str(tokenizer)))
-    policy.normalizer.set_stats(read_stats(src))
+    policy.normalizer.set_stats(read_lerobot_stats(src))
     stats = {f"normalizer.{k}": v for k, v in policy.normalizer.state_dict().items()}
     load_into(policy, {**tensors, **stats}, name_mapping=NAME_MAPPING, strict=True)
     return policy.save_pretrained(dst)
