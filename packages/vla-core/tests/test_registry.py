@@ -130,3 +130,11 @@ def test_plugin_with_missing_dependency_names_its_package(tmp_path):
 
 def test_global_registries_are_distinct():
     assert BACKBONES.group == "vla.backbones" and HEADS.group == "vla.heads" and PROJECTORS.group == "vla.projectors"
+
+
+def test_require_names_the_extra_to_install():
+    from vla_core.errors import require
+
+    assert require("json", "json").dumps([1]) == "[1]"
+    with pytest.raises(MissingExtraError, match=r"'no_such_module_xyz' is required.*pip install 'pkg\[extra\]'"):
+        require("no_such_module_xyz", "'pkg[extra]'")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vla_core import MissingExtraError
+from vla_core.errors import require
 
 from vla_train.config import LogConfig
 
@@ -33,11 +33,8 @@ class MetricsLogger:
 
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
         if config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as err:
-                raise MissingExtraError("log.tensorboard needs tensorboard: `pip install vla-train[tensorboard]`") from err
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+            tensorboard = require("torch.utils.tensorboard", "'vla-train[tensorboard]'")
+            self.tensorboard = tensorboard.SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, step: int, values: dict[str, float], *, samples: int) -> None:
         """Record step ``step`` (1-based); ``samples`` is the global batch size."""

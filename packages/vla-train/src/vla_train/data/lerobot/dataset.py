@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 from vla_core import PolicyFeature
+from vla_core.errors import require
 from vla_core.features import TASK
 
 from vla_train.data.lerobot.meta import (
     LeRobotDataError,
     LeRobotMeta,
-    import_pyarrow,
     load_meta,
 )
 from vla_train.data.lerobot.video import FrameDecoder, FrameTimestampError
@@ -151,7 +151,7 @@ class LeRobotV3Dataset(torch.utils.data.Dataset):
 
     def _load_tables(self) -> None:
         """Read the data files of the selected episodes into numpy columns (image columns stay arrow)."""
-        pq = import_pyarrow()
+        pq = require("pyarrow.parquet", "'vla-train[lerobot]'")
         import pyarrow as pa
         import pyarrow.compute as pc
 

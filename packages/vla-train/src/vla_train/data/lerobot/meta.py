@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vla_core import FeatureType, MissingExtraError, PolicyFeature
+from vla_core import FeatureType, PolicyFeature
+from vla_core.errors import require
 from vla_core.features import ACTION, OBS_ENV_STATE, OBS_STATE, TASK
 
 CODEBASE_VERSION = "v3.0"
@@ -42,17 +43,6 @@ class LeRobotDataError(ValueError):
     """A LeRobot dataset is missing a file, is inconsistent, or was asked for something it lacks."""
 
 
-def import_pyarrow():
-    """``pyarrow.parquet``, or a ``MissingExtraError`` naming the extra to install."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as err:  # pragma: no cover - the extra is installed in CI
-        raise MissingExtraError(
-            "reading LeRobot datasets needs pyarrow: pip install 'vla-train[lerobot]'"
-        ) from err
-    return pq
-
-
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise LeRobotDataError(
@@ -65,7 +55,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_parquet(path: Path, columns: list[str] | None = None):
-    pq = import_pyarrow()
+    pq = require("pyarrow.parquet", "'vla-train[lerobot]'")
     if not path.is_file():
         raise LeRobotDataError(f"missing file {path}")
     try:
@@ -228,7 +218,7 @@ def load_tasks(root: Path) -> list[str]:
 
 def load_episodes(root: Path) -> EpisodeTable:
     """All ``meta/episodes/chunk-*/file-*.parquet`` rows, without the per-episode ``stats/`` columns."""
-    pq = import_pyarrow()
+    pq = require("pyarrow.parquet", "'vla-train[lerobot]'")
     files = sorted((root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))
     if not files:
         raise LeRobotDataError(f"missing files {root / EPISODES_DIR}/chunk-*/file-*.parquet")

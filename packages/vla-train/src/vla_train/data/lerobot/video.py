@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from vla_core import MissingExtraError
+from vla_core.errors import require
 
 _OPEN: dict[int, OrderedDict[str, Any]] = {}  # pid -> the containers that process opened
 
@@ -27,16 +27,6 @@ class FrameTimestampError(ValueError):
 
 class VideoDecodeError(RuntimeError):
     """A video file cannot be opened or decoded (missing, truncated or corrupt)."""
-
-
-def _import_av():
-    try:
-        import av
-    except ImportError as err:  # pragma: no cover - the extra is installed in CI
-        raise MissingExtraError(
-            "decoding LeRobot videos needs PyAV: pip install 'vla-train[lerobot]'"
-        ) from err
-    return av
 
 
 def _where(path: Path | str, episode: int | None) -> str:
@@ -78,7 +68,7 @@ class FrameDecoder:
         if container is not None:
             cache.move_to_end(key)
             return container
-        av = _import_av()
+        av = require("av", "'vla-train[lerobot]'")
         if not Path(path).is_file():
             raise VideoDecodeError(f"missing video file {_where(path, episode)}")
         try:
@@ -101,7 +91,7 @@ class FrameDecoder:
         """Frames at ``timestamps`` (seconds from the start of the file) as uint8 ``(N, C, H, W)``."""
         if not timestamps:
             raise ValueError("frames(): no timestamps requested")
-        av = _import_av()
+        av = require("av", "'vla-train[lerobot]'")
         container = self._container(path, episode)
         stream = container.streams.video[0]
         targets = np.asarray(timestamps, dtype=np.float64)

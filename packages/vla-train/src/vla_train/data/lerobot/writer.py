@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from vla_core.errors import require
 from vla_core.features import TASK
 
 from vla_train.data.lerobot.meta import CODEBASE_VERSION, EPISODES_DIR, INFO_PATH, STATS_PATH, TASKS_PATH
-from vla_train.data.lerobot.video import _import_av
 
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
@@ -80,7 +80,7 @@ def _features(first: Mapping[str, Any], video: bool, codec: str, fps: int) -> di
 
 def _encode_video(path: Path, frames: np.ndarray, fps: int, codec: str) -> None:
     """frames uint8 (N, H, W, 3) -> one mp4 whose frame i is at i / fps seconds."""
-    av = _import_av()
+    av = require("av", "'vla-train[lerobot]'")
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps, options=CODEC_OPTIONS.get(codec, {}))
