@@ -114,6 +114,7 @@ def validate_batch(
     rejects NaN/Inf in float inputs. Nothing is modified.
     """
     batch_size: int | None = None
+    checked: list[tuple[str, torch.Tensor]] = []
 
     def check_b(key: str, b: int) -> None:
         nonlocal batch_size
@@ -170,10 +171,13 @@ def validate_batch(
                 )
                 raise ValueError(f"batch key {key!r}: expected shape {want}, received {shape}")
         check_b(key, shape[0])
-        if check_finite and not torch.isfinite(value).all():
-            bad = (~torch.isfinite(value)).sum().item()
-            raise ValueError(f"batch key {key!r}: contains {bad} NaN/Inf value(s)")
+        checked.append((key, value))
     if batch_size is None:
         raise ValueError("the batch holds none of the declared features")
+    if check_finite and checked and not torch.stack([torch.isfinite(v).all() for _, v in checked]).all():
+        # one host sync per batch; the offending key is looked up only on failure
+        key, value = next((k, v) for k, v in checked if not torch.isfinite(v).all())
+        bad = (~torch.isfinite(value)).sum().item()
+        raise ValueError(f"batch key {key!r}: contains {bad} NaN/Inf value(s)")
     return batch_size
 
