@@ -47,6 +47,26 @@ def test_no_decay_on_norms_biases_embeddings_and_lr_scales():
         param_groups(model, OptimConfig(lr_scales={"vision": 0.1}))
 
 
+def test_cpu_optimizer_is_fused_and_steps_like_the_reference_adamw():
+    torch.manual_seed(0)
+    model, reference = Toy(), Toy()
+    reference.load_state_dict(model.state_dict())
+    config = OptimConfig(lr=1e-2, weight_decay=0.1)
+    optimizer = build_optimizer(model, config)
+    assert optimizer.defaults["fused"] is True
+    groups = param_groups(reference, config)
+    for group in groups:
+        group.pop("names")
+    plain = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, foreach=False)
+    for _ in range(3):
+        for net, opt in ((model, optimizer), (reference, plain)):
+            opt.zero_grad()
+            net.head(net.backbone(torch.arange(5))).square().sum().backward()
+            opt.step()
+    for (name, ours), theirs in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)
+
+
 @given(st.integers(0, 200), st.integers(0, 50), st.floats(0, 1))
 def test_schedule_warms_up_then_decays(step, warmup, min_ratio):
     total = 200
