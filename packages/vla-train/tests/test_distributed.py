@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import run_probe, run_vla, tiny_config, write_config
+from train_helpers import kill_tree, run_probe, run_vla, tiny_config, write_config
 from vla_train.config import TrainConfig
 from vla_train.trainer import train
 
@@ -62,8 +60,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, nproc):
     try:
         _wait_for_checkpoint(proc, tmp_path / "killed" / "checkpoints" / "latest")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_tree(proc)  # the launcher and, under torchrun, every rank
     assert not (tmp_path / "killed" / "pretrained").exists()  # killed mid-run
     resumed = run_vla(["train", str(path), "--resume"], nproc=launch)
     out = resumed.stdout.read()

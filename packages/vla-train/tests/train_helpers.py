@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import vla_test_components  # noqa: F401  (registers test_linear / test_mlp)
@@ -51,6 +53,47 @@ def run_vla(args: list[str], *, nproc: int = 0, env: dict | None = None, **kwarg
         prefix += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone"]
     return subprocess.Popen([*prefix, str(LAUNCH), *args], env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and every process below it, then reap ``proc``.
+
+    torchrun starts its workers in sessions of their own, so killing the launcher's process group
+    leaves the ranks running (and writing checkpoints); this walks /proc for the whole tree first.
+    """
+    tree, frontier = [], [proc.pid]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier += _children(pid)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.time() + 30
+    while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in tree[1:]) and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def run_probe(config: Path, out: Path, nproc: int, *overrides: str) -> list[dict]:
