@@ -56,7 +56,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, nproc):
         ref = run_vla(["train", str(path), "--set", f"output_dir={tmp_path / 'ref'}"], nproc=launch)
         assert ref.wait(timeout=300) == 0, ref.stdout.read()[-3000:]
         reference = tmp_path / "ref"
-    proc = run_vla(["train", str(path)], nproc=launch, env={"VLA_TEST_STEP_SLEEP": "0.4"}, start_new_session=True)
+    proc = run_vla(["train", str(path)], nproc=launch, env={"VLA_TEST_STEP_SLEEP": "0.4"})
     try:
         _wait_for_checkpoint(proc, tmp_path / "killed" / "checkpoints" / "latest")
     finally:

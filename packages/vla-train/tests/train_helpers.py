@@ -55,29 +55,30 @@ def run_vla(args: list[str], *, nproc: int = 0, env: dict | None = None, **kwarg
                             stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state, ppid, ...), or None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL ``proc`` and every process below it, then reap ``proc``.
+    """SIGKILL ``proc`` and every process below it, then wait until they are gone.
 
     torchrun starts its workers in sessions of their own, so killing the launcher's process group
-    leaves the ranks running (and writing checkpoints); this walks /proc for the whole tree first.
+    leaves the ranks running (and writing checkpoints); the tree is read from /proc first.
     """
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(entry.name))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     tree, frontier = [], [proc.pid]
     while frontier:
         pid = frontier.pop()
         tree.append(pid)
-        frontier += _children(pid)
+        frontier += children.get(pid, [])
     for pid in tree:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -85,15 +86,8 @@ def kill_tree(proc: subprocess.Popen) -> None:
             pass
     proc.wait()
     deadline = time.time() + 30
-    while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in tree[1:]) and time.time() < deadline:
+    while time.time() < deadline and any((_stat(pid) or ["Z"])[0] != "Z" for pid in tree[1:]):
         time.sleep(0.05)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "Z"
 
 
 def run_probe(config: Path, out: Path, nproc: int, *overrides: str) -> list[dict]:
