@@ -10,16 +10,15 @@ Builds LeRobot's ACTPolicy (ALOHA-like: state 14, action 14, chunk 100, one 3x22
 ACT defaults, random weights and random normalization stats), saves it with its processors,
 converts it with ``vla_train.convert.lerobot_act`` and checks that both give the same
 un-normalized chunk. Then it prints the median time of a training step (batch 8, forward +
-backward + AdamW) and of inference (``predict_action_chunk``, batch 1), and the ratios ours/LeRobot.
+backward + AdamW) and of inference (``predict_action_chunk``, batch 1), and the ratios ours/LeRobot; the two sides alternate within each round
+(``timing.interleaved``) and the paired ratio is the median of the per-round ratios.
 LeRobot is timed on pre-normalized batches (its processors excluded); ours includes normalization.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -31,6 +30,8 @@ from vla_core import VLAPolicy
 from vla_train.convert.lerobot_act import convert
 from vla_train.config import OptimConfig
 from vla_train.optim import build_optimizer
+
+from timing import interleaved, paired_ratio
 
 STATE, ACTION, CAMERA = "observation.state", "action", "observation.images.top"
 
@@ -63,19 +64,6 @@ def make_batch(batch_size: int, g: torch.Generator, with_action: bool) -> dict:
         batch["action_is_pad"] = torch.zeros(batch_size, 100, dtype=torch.bool)
         batch["action_is_pad"][:, 90:] = True
     return batch
-
-
-def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
-    """Median wall time and median process CPU time (less sensitive to a busy machine) of ``fn()``."""
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return statistics.median(wall), statistics.median(cpu)
 
 
 def train_step_fn(policy, batch, loss_of, opt):
@@ -134,20 +122,21 @@ def main() -> None:
     # (fused kernel on CPU / CUDA).
     lr_opt = lr_policy.config.get_optimizer_preset().build(lr_policy.get_optim_params())
     our_opt = build_optimizer(ours, OptimConfig(lr=1e-5, weight_decay=1e-4))
-    t_lr_train = median_time(train_step_fn(lr_policy, lr_train, lr_loss, lr_opt), a.repeats)
-    t_our_train = median_time(train_step_fn(ours, train, our_loss, our_opt), a.repeats)
+    # The two sides alternate within each round (see timing.py): drift in the machine's speed hits both.
+    train_t = interleaved({"lerobot": train_step_fn(lr_policy, lr_train, lr_loss, lr_opt),
+                           "ours": train_step_fn(ours, train, our_loss, our_opt)}, a.repeats)
     lr_policy.eval()
     ours.eval()
-    t_lr_inf = median_time(lambda: lr_policy.predict_action_chunk(lr_infer), a.repeats * 4)
-    t_our_inf = median_time(lambda: ours.predict_action_chunk(infer), a.repeats * 4)
+    infer_t = interleaved({"lerobot": lambda: lr_policy.predict_action_chunk(lr_infer),
+                           "ours": lambda: ours.predict_action_chunk(infer)}, a.repeats * 4)
 
     print(f"threads={a.threads} repeats={a.repeats} torch={torch.__version__}")
-    for name, theirs, mine in (
-        ("train step (batch 8, fwd+bwd+optimizer)", t_lr_train, t_our_train),
-        ("inference (predict_action_chunk, b=1)", t_lr_inf, t_our_inf),
-    ):
-        print(f"{name}: lerobot {theirs[0] * 1e3:8.1f} ms  ours {mine[0] * 1e3:8.1f} ms  "
-              f"ratio ours/lerobot {mine[0] / theirs[0]:.3f}  (cpu-time ratio {mine[1] / theirs[1]:.3f})")
+    for name, t in (("train step (batch 8, fwd+bwd+optimizer)", train_t),
+                    ("inference (predict_action_chunk, b=1)", infer_t)):
+        theirs, mine = t["lerobot"], t["ours"]
+        print(f"{name}: lerobot {theirs.wall * 1e3:8.1f} ms  ours {mine.wall * 1e3:8.1f} ms  "
+              f"ratio ours/lerobot {mine.wall / theirs.wall:.3f}  (paired {paired_ratio(mine, theirs):.3f}, "
+              f"cpu-time {mine.cpu / theirs.cpu:.3f})")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ from vla_core import (
 from vla_core.config import check_choice, check_positive
 from vla_core.interfaces import Batch
 
+from vla_backbones import resnet_onednn
+from vla_backbones.resnet_onednn import fold_bn
+
 RESNETS = (
     "resnet18",
     "resnet34",
@@ -119,12 +122,6 @@ def load_resnet_weights(resnet: nn.Module, path: str) -> None:
     resnet.load_state_dict(tensors, strict=True)
 
 
-def fold_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Weight (O, I, k, k) and bias (O,) of the convolution followed by the frozen BatchNorm."""
-    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-    return conv.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
-
-
 def conv_bn(x: Tensor, conv: nn.Conv2d, bn: nn.Module) -> Tensor:
     """bn(conv(x)); a frozen BatchNorm is folded into the convolution's weight and bias (one pass
     over the activations instead of three; gradients still reach ``conv.weight``). Without
@@ -146,15 +143,19 @@ def conv_bn(x: Tensor, conv: nn.Conv2d, bn: nn.Module) -> Tensor:
 
 
 def run_block(block: nn.Module, x: Tensor) -> Tensor:
-    """A torchvision BasicBlock / Bottleneck forward through :func:`conv_bn`."""
+    """A torchvision BasicBlock / Bottleneck forward through :func:`conv_bn`.
+
+    The ReLUs and the residual add run in place on convolution / BatchNorm outputs (whose backward
+    does not read them), as torchvision's ``ReLU(inplace=True)``: no extra activation-sized buffers.
+    """
     identity = x if block.downsample is None else conv_bn(x, block.downsample[0], block.downsample[1])
-    out = F.relu(conv_bn(x, block.conv1, block.bn1))
+    out = conv_bn(x, block.conv1, block.bn1).relu_()
     if hasattr(block, "conv3"):  # Bottleneck
-        out = F.relu(conv_bn(out, block.conv2, block.bn2))
+        out = conv_bn(out, block.conv2, block.bn2).relu_()
         out = conv_bn(out, block.conv3, block.bn3)
     else:
         out = conv_bn(out, block.conv2, block.bn2)
-    return F.relu(out + identity)
+    return out.add_(identity).relu_()
 
 
 @BACKBONES.register("resnet_act")
@@ -184,14 +185,22 @@ class ResNetACTBackbone(Backbone):
         self.resnet = resnet
         self.proj = nn.Conv2d(channels, config.dim_model, kernel_size=1)
         self._pos_cache: dict[tuple, Tensor] = {}
+        self._onednn_plans = resnet_onednn.PlanCache()
 
     def fsdp_units(self) -> set[type[nn.Module]]:
         return {type(self.resnet.layer1[0])}  # BasicBlock or Bottleneck
 
     def feature_map(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, dim_model, h, w) with h, w = H/32, W/32 (H/16, W/16 with dilation)."""
+        """(B, 3, H, W) -> (B, dim_model, h, w) with h, w = H/32, W/32 (H/16, W/16 with dilation).
+
+        Without autograd on a CPU float32 input (and BatchNorm using running statistics) this runs
+        a cached oneDNN plan (:mod:`vla_backbones.resnet_onednn`) and returns channels-last memory.
+        """
+        return resnet_onednn.run(self.resnet, self.proj, images, self._onednn_plans, self._eager_feature_map)
+
+    def _eager_feature_map(self, images: Tensor) -> Tensor:
         r = self.resnet
-        x = r.maxpool(F.relu(conv_bn(images, r.conv1, r.bn1)))
+        x = r.maxpool(conv_bn(images, r.conv1, r.bn1).relu_())
         for layer in (r.layer1, r.layer2, r.layer3, r.layer4):
             for block in layer:
                 x = run_block(block, x)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vla_heads.cpu_linear import apply_linear, linear
+
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
@@ -49,15 +51,15 @@ class Attention(nn.Module):
     def project_value(self, value: Tensor) -> Tensor:
         """(..., D) -> (..., D): the value projection alone."""
         d = self.dim
-        return F.linear(value, self.in_proj_weight[2 * d :], self.in_proj_bias[2 * d :])
+        return linear(value, self.in_proj_weight[2 * d :], self.in_proj_bias[2 * d :])
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
         d, w, b = self.dim, self.in_proj_weight, self.in_proj_bias
         if query is key:
-            q, k = F.linear(query, w[: 2 * d], b[: 2 * d]).chunk(2, dim=-1)
+            q, k = linear(query, w[: 2 * d], b[: 2 * d]).chunk(2, dim=-1)
         else:
-            q = F.linear(query, w[:d], b[:d])
-            k = F.linear(key, w[d : 2 * d], b[d : 2 * d])
+            q = linear(query, w[:d], b[:d])
+            k = linear(key, w[d : 2 * d], b[d : 2 * d])
         v = self.project_value(value)
         bsz, lq, lk, h = q.shape[0], q.shape[1], k.shape[1], self.n_heads
         q = q.reshape(bsz, lq, h, d // h).transpose(1, 2)
@@ -67,7 +69,7 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.out_proj(out.transpose(1, 2).reshape(bsz, lq, d))
+        return apply_linear(self.out_proj, out.transpose(1, 2).reshape(bsz, lq, d))
 
 
 class _Block(nn.Module):
@@ -79,7 +81,11 @@ class _Block(nn.Module):
 
     def ff(self, x: Tensor) -> Tensor:
         """linear1 -> activation -> dropout -> linear2: (..., D) -> (..., D)."""
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+        if self.activation is F.relu:
+            h = apply_linear(self.linear1, x, relu=True)
+        else:
+            h = self.activation(apply_linear(self.linear1, x))
+        return apply_linear(self.linear2, self.dropout(h))
 
 
 class EncoderLayer(_Block):
@@ -147,7 +153,8 @@ class DecoderLayer(_Block):
         """x (B, H, D) -> (B, H, D). ``constant``: every row of x is the same vector, so (without
         attention dropout) the attention output is that vector's value projection whatever the weights."""
         if constant and not (self.training and self.self_attn.dropout > 0):
-            return self.self_attn.out_proj(self.self_attn.project_value(x[:1, :1])).expand_as(x)
+            attn = self.self_attn
+            return apply_linear(attn.out_proj, attn.project_value(x[:1, :1])).expand_as(x)
         qk = x + query_pos
         return self.self_attn(qk, qk, x)
 
