@@ -162,16 +162,47 @@ def test_masked_context_tokens_are_ignored():
         torch.testing.assert_close(h.predict_action(masked, batch), h.predict_action(masked2, batch))
 
 
-def test_first_layer_shortcut_equals_full_attention():
-    """Decoder layer 0 sees constant (zero) queries: its shortcut equals real attention over them."""
-    h = head(n_decoder_layers=2).eval()
+@pytest.mark.parametrize("training", [False, True])
+def test_first_layer_shortcut_equals_full_attention(training):
+    """Decoder layer 0 sees constant (zero) queries: its shortcut equals real attention over them,
+    in training too, where attention dropout (same seed, same masks) makes the weights matter."""
+    h = head(n_decoder_layers=2, dropout=0.3).train(training)
     layer = h.decoder.layers[0]
-    x = torch.zeros(2, 5, 16)
+    with torch.no_grad():  # non-zero biases, so the value rows (the biases' projection) are not zero
+        layer.self_attn.in_proj_bias.normal_()
+        layer.self_attn.out_proj.bias.normal_()
+    x = torch.zeros(3, 5, 16)
     pos = h.query_pos_embed.weight[None]
-    with torch.no_grad():
-        fast = layer._self_attention(x, pos, constant=True)
-        full = layer.self_attn(x + pos, x + pos, x)
+    torch.manual_seed(7)
+    fast = layer._self_attention(x, pos, constant=True)
+    torch.manual_seed(7)
+    full = layer.self_attn(x + pos, x + pos, x)
+    assert full.abs().max() > 0.1
     torch.testing.assert_close(fast, full.expand_as(fast), rtol=1e-5, atol=1e-6)
+    if training:  # and the gradients reach the same parameters with the same values
+        params = [layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias, layer.self_attn.out_proj.weight]
+        g_fast = torch.autograd.grad(fast.square().sum(), params)
+        g_full = torch.autograd.grad(full.square().sum(), params)
+        for a, b in zip(g_fast, g_full, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_training_attention_equals_sdpa_when_nothing_is_dropped(monkeypatch):
+    """The CPU training path (explicit softmax + vla_heads.dropout) is SDPA's math, masks included."""
+    from vla_heads import dropout as dropout_module
+
+    h = head(dropout=0.2)
+    attn = h.encoder.layers[0].self_attn
+    g = torch.Generator().manual_seed(0)
+    q, kv = torch.randn(2, 4, 16, generator=g), torch.randn(2, 6, 16, generator=g)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[0, 3:] = False
+    monkeypatch.setattr(dropout_module, "keep_mask", lambda shape, p, device="cpu": torch.ones(shape, dtype=torch.bool))
+    kept_all = attn.train()(q, kv, kv, mask)
+    reference = attn.eval()(q, kv, kv, mask)  # SDPA, no dropout
+    # every weight kept and scaled by 1 / (1 - p): the value mix is scaled before the output projection
+    bias = attn.out_proj.bias
+    torch.testing.assert_close(kept_all - bias, (reference - bias) / 0.8, rtol=1e-5, atol=1e-5)
 
 
 def test_vae_pos_table_is_the_act_sinusoid():

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vla_heads.cpu_linear import apply_linear, linear
+from vla_heads.dropout import Dropout
+from vla_heads.dropout import dropout as apply_dropout
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
@@ -53,6 +55,22 @@ class Attention(nn.Module):
         d = self.dim
         return linear(value, self.in_proj_weight[2 * d :], self.in_proj_bias[2 * d :])
 
+    def split_heads(self, x: Tensor) -> Tensor:
+        """(B, L, D) -> (B, heads, L, D / heads)."""
+        return x.reshape(x.shape[0], x.shape[1], self.n_heads, self.dim // self.n_heads).transpose(1, 2)
+
+    def merge_heads(self, x: Tensor) -> Tensor:
+        """(B, heads, L, D / heads) -> (B, L, D), then the output projection."""
+        bsz, _, length, _ = x.shape
+        return apply_linear(self.out_proj, x.transpose(1, 2).reshape(bsz, length, self.dim))
+
+    def probabilities(self, q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Softmax attention weights (B, heads, Lq, Lk) from projected, head-split q and k."""
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        return scores.softmax(dim=-1)
+
     def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
         d, w, b = self.dim, self.in_proj_weight, self.in_proj_bias
         if query is key:
@@ -60,16 +78,16 @@ class Attention(nn.Module):
         else:
             q = linear(query, w[:d], b[:d])
             k = linear(key, w[d : 2 * d], b[d : 2 * d])
-        v = self.project_value(value)
-        bsz, lq, lk, h = q.shape[0], q.shape[1], k.shape[1], self.n_heads
-        q = q.reshape(bsz, lq, h, d // h).transpose(1, 2)
-        k = k.reshape(k.shape[0], lk, h, d // h).transpose(1, 2)
-        v = v.reshape(v.shape[0], lk, h, d // h).transpose(1, 2)
-        attn_mask = None if mask is None else mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return apply_linear(self.out_proj, out.transpose(1, 2).reshape(bsz, lq, d))
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(self.project_value(value))
+        if self.training and self.dropout > 0 and q.device.type == "cpu":
+            # SDPA's CPU dropout path is the same math with a costlier mask (see vla_heads.dropout).
+            out = apply_dropout(self.probabilities(q, k, mask), self.dropout) @ v
+        else:
+            attn_mask = None if mask is None else mask[:, None, None, :]
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            )
+        return self.merge_heads(out)
 
 
 class _Block(nn.Module):
@@ -77,7 +95,7 @@ class _Block(nn.Module):
 
     def _init_ff(self, dim: int, ff_dim: int, dropout: float, activation: str) -> None:
         self.linear1, self.linear2 = nn.Linear(dim, ff_dim), nn.Linear(ff_dim, dim)
-        self.dropout, self.activation = nn.Dropout(dropout), ACTIVATIONS[activation]
+        self.dropout, self.activation = Dropout(dropout), ACTIVATIONS[activation]
 
     def ff(self, x: Tensor) -> Tensor:
         """linear1 -> activation -> dropout -> linear2: (..., D) -> (..., D)."""
@@ -96,7 +114,7 @@ class EncoderLayer(_Block):
         self.self_attn = Attention(dim, n_heads, dropout)
         self._init_ff(dim, ff_dim, dropout, activation)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
         self.pre_norm = pre_norm
 
     def forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None = None, *, first_only: bool = False) -> Tensor:
@@ -146,17 +164,30 @@ class DecoderLayer(_Block):
         self.multihead_attn = Attention(dim, n_heads, dropout)
         self._init_ff(dim, ff_dim, dropout, activation)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+        self.dropout1, self.dropout2, self.dropout3 = Dropout(dropout), Dropout(dropout), Dropout(dropout)
         self.pre_norm = pre_norm
 
     def _self_attention(self, x: Tensor, query_pos: Tensor, constant: bool) -> Tensor:
-        """x (B, H, D) -> (B, H, D). ``constant``: every row of x is the same vector, so (without
-        attention dropout) the attention output is that vector's value projection whatever the weights."""
-        if constant and not (self.training and self.self_attn.dropout > 0):
-            attn = self.self_attn
-            return apply_linear(attn.out_proj, attn.project_value(x[:1, :1])).expand_as(x)
-        qk = x + query_pos
-        return self.self_attn(qk, qk, x)
+        """x (B, H, D) -> (B, H, D).
+
+        ``constant``: every row of x is the same vector, so every value row is that vector's value
+        projection v and each query's output is v times the sum of its attention weights: 1 without
+        attention dropout; with it, the row sum of the dropped weights, and the weights themselves
+        come from the learned positions alone, so they are computed once, not per sample.
+        """
+        attn = self.self_attn
+        if not constant:
+            qk = x + query_pos
+            return attn(qk, qk, x)
+        v = attn.project_value(x[:1, :1])  # (1, 1, D)
+        if not (self.training and attn.dropout > 0):
+            return apply_linear(attn.out_proj, v).expand_as(x)
+        d = attn.dim
+        q, k = linear(x[:1] + query_pos, attn.in_proj_weight[: 2 * d], attn.in_proj_bias[: 2 * d]).chunk(2, dim=-1)
+        q, k = attn.split_heads(q), attn.split_heads(k)  # (1, heads, H, D / heads)
+        probs = attn.probabilities(q, k).expand(x.shape[0], -1, -1, -1)  # (B, heads, H, H)
+        row_sums = apply_dropout(probs, attn.dropout).sum(-1, keepdim=True)  # (B, heads, H, 1)
+        return attn.merge_heads(row_sums * attn.split_heads(v))
 
     def forward(self, x: Tensor, memory: Tensor, query_pos: Tensor, memory_pos: Tensor | None,
                 memory_mask: Tensor | None = None, *, constant_input: bool = False) -> Tensor:
