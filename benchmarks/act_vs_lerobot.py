@@ -29,6 +29,7 @@ from lerobot.policies.act.processor_act import make_act_pre_post_processors
 from vla_core import VLAPolicy
 from vla_train.convert.lerobot_act import convert
 from vla_train.config import OptimConfig
+from vla_train.host_memory import retain_freed_memory
 from vla_train.optim import build_optimizer
 
 from timing import interleaved, paired_ratio
@@ -83,8 +84,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--retain-host-memory", action="store_true",
+                    help="tune glibc malloc as vla_train's trainer does (process-wide: both sides benefit)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.retain_host_memory and not retain_freed_memory():
+        raise SystemExit("--retain-host-memory: this C library has no glibc mallopt")
 
     lr_policy, stats = lerobot_policy(a.seed)
     pre, post = make_act_pre_post_processors(lr_policy.config, dataset_stats=stats)
@@ -130,7 +135,8 @@ def main() -> None:
     infer_t = interleaved({"lerobot": lambda: lr_policy.predict_action_chunk(lr_infer),
                            "ours": lambda: ours.predict_action_chunk(infer)}, a.repeats * 4)
 
-    print(f"threads={a.threads} repeats={a.repeats} torch={torch.__version__}")
+    allocator = "glibc, freed memory retained" if a.retain_host_memory else "glibc defaults"
+    print(f"threads={a.threads} repeats={a.repeats} torch={torch.__version__} allocator: {allocator}")
     for name, t in (("train step (batch 8, fwd+bwd+optimizer)", train_t),
                     ("inference (predict_action_chunk, b=1)", infer_t)):
         theirs, mine = t["lerobot"], t["ours"]

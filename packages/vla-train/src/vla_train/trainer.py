@@ -21,6 +21,7 @@ from vla_train.config import TrainConfig, save_config
 from vla_train.data import BatchStream, build_dataset, check_features, compute_stats, policy_delta_indices
 from vla_train.distributed import World, close_world, init_world
 from vla_train.ema import EMA
+from vla_train.host_memory import retain_freed_memory
 from vla_train.metrics import MetricsLogger, read_metrics, summary
 from vla_train.optim import build_optimizer, build_scheduler, clip_gradients
 from vla_train.parallelize import apply_activation_checkpointing, apply_fsdp2, build_mesh, float_buffers
@@ -56,6 +57,8 @@ def policy_spec(config: TrainConfig, dataset) -> dict[str, Any]:
 
 class Trainer:
     def __init__(self, config: TrainConfig, *, resume: bool = False) -> None:
+        if config.parallel.retain_host_memory:
+            retain_freed_memory()
         self.world: World = init_world(config.parallel.device, need_group=config.parallel.fsdp is True)
         self.sharded = config.parallel.fsdp if config.parallel.fsdp is not None else self.world.world_size > 1
         if self.world.world_size > 1 and not self.sharded:
