@@ -10,8 +10,9 @@ Builds LeRobot's ACTPolicy (ALOHA-like: state 14, action 14, chunk 100, one 3x22
 ACT defaults, random weights and random normalization stats), saves it with its processors,
 converts it with ``vla_train.convert.lerobot_act`` and checks that both give the same
 un-normalized chunk. Then it prints the median time of a training step (batch 8, forward +
-backward + AdamW) and of inference (``predict_action_chunk``, batch 1), and the ratios ours/LeRobot; the two sides alternate within each round
-(``timing.interleaved``) and the paired ratio is the median of the per-round ratios.
+backward + AdamW) and of inference (``predict_action_chunk``, batch 1), and the ratios ours/LeRobot;
+the two sides alternate within each round (``timing.interleaved``) and the paired ratio is the
+median of the per-round ratios.
 LeRobot is timed on pre-normalized batches (its processors excluded); ours includes normalization.
 """
 

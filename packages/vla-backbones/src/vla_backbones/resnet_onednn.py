@@ -167,9 +167,6 @@ class PlanCache:
             self._key = key
         return self._plan
 
-    def clear(self) -> None:
-        self._key, self._plan = None, None
-
     # A plan holds oneDNN tensors, which neither deepcopy nor pickle: copies start empty.
     def __deepcopy__(self, memo: dict) -> PlanCache:
         return PlanCache()
