@@ -85,6 +85,26 @@ def test_folded_frozen_bn_equals_torchvision_forward(variant):
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("variant", ["resnet18", "resnet50"])
+def test_training_forward_and_gradients_equal_torchvision(variant):
+    """The eager path (folded BN, in-place ReLUs, max-pool before the stem ReLU) with autograd on:
+    same features and same gradients for the images and every trained weight. In float64, so that
+    the folding's rounding does not move a ReLU boundary or a max-pool argmax."""
+    b = backbone(1, variant=variant).train().double()
+    randomize_bn(b.resnet)
+    r = b.resnet
+    x = images(1, hw=(48, 48))[CAMS[0]].double().requires_grad_()
+    got = b.feature_map(x)
+    seed = torch.randn(got.shape, generator=torch.Generator().manual_seed(1))
+    got_grads = torch.autograd.grad((got * seed).sum(), [x, *b.parameters()])
+    x_ref = x.detach().clone().requires_grad_()
+    ref = b.proj(r.layer4(r.layer3(r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(x_ref)))))))))
+    ref_grads = torch.autograd.grad((ref * seed).sum(), [x_ref, *b.parameters()])
+    torch.testing.assert_close(got, ref)
+    for name, g, g_ref in zip(["images", *(n for n, _ in b.named_parameters())], got_grads, ref_grads):
+        torch.testing.assert_close(g, g_ref, msg=name)
+
+
 def test_trainable_batchnorm_and_dilation():
     with pytest.raises(ConfigError, match="dilation"):
         backbone(1, replace_final_stride_with_dilation=True)

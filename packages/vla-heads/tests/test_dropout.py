@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vla_heads.dropout import Dropout, dropout, keep_mask
+from vla_heads.dropout import Dropout, drop_mask, dropout, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5, 0.9])
@@ -68,3 +68,10 @@ def test_expected_value_is_preserved_like_f_dropout():
     x = torch.full((200_000,), 2.0)
     ours, stock = dropout(x, 0.3).mean().item(), F.dropout(x, 0.3).mean().item()
     assert abs(ours - 2.0) < 0.02 and abs(stock - 2.0) < 0.02
+
+
+def test_drop_mask_is_the_complement_of_keep_mask_for_one_seed():
+    torch.manual_seed(4)
+    keep = keep_mask((7, 33), 0.3)
+    torch.manual_seed(4)
+    assert torch.equal(drop_mask((7, 33), 0.3), ~keep)

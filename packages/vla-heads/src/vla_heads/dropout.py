@@ -20,12 +20,26 @@ from torch import Tensor, nn
 _INT32_SPAN = 2**32
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
-    """Bool tensor of ``shape``: True (keep) with probability 1 - p, independently per element."""
+def _random_lanes(shape: torch.Size | tuple[int, ...], device: torch.device | str) -> Tensor:
+    """int32 tensor of ``shape``, uniform over all int32 values: the lanes of one 64-bit draw per two elements."""
     n = math.prod(shape)
     bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(-(2**63), None)
-    lanes = bits.view(torch.int32)[:n].view(shape)
-    return lanes >= round(p * _INT32_SPAN) - 2**31
+    return bits.view(torch.int32)[:n].view(shape)
+
+
+def _threshold(p: float) -> int:
+    """The int32 value below which a lane is dropped: P(lane < threshold) = round(p * 2^32) / 2^32."""
+    return round(p * _INT32_SPAN) - 2**31
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
+    """Bool tensor of ``shape``: True (keep) with probability 1 - p, independently per element."""
+    return _random_lanes(shape, device) >= _threshold(p)
+
+
+def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
+    """``~keep_mask(shape, p, device)`` from the same random draw (so the same seed gives the complement)."""
+    return _random_lanes(shape, device) < _threshold(p)
 
 
 def keep_scale(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype,
@@ -54,4 +68,4 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
-__all__ = ["Dropout", "dropout", "keep_mask", "keep_scale"]
+__all__ = ["Dropout", "drop_mask", "dropout", "keep_mask", "keep_scale"]

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vla_heads import fused_feed_forward as fused_ff
 from vla_heads.cpu_linear import apply_linear, linear
 from vla_heads.dropout import Dropout
 from vla_heads.dropout import dropout as apply_dropout
@@ -99,6 +100,10 @@ class _Block(nn.Module):
 
     def ff(self, x: Tensor) -> Tensor:
         """linear1 -> activation -> dropout -> linear2: (..., D) -> (..., D)."""
+        if self.activation is F.relu and self.dropout.training and fused_ff.applies(
+            x, self.linear1, self.linear2, self.dropout.p
+        ):
+            return fused_ff.relu_dropout_feed_forward(x, self.linear1, self.linear2, self.dropout.p)
         if self.activation is F.relu:
             h = apply_linear(self.linear1, x, relu=True)
         else:
