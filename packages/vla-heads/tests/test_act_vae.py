@@ -227,3 +227,37 @@ def test_shapes_over_dims(action_dim, state_dim, horizon, tokens, bsz, use_vae, 
     h.eval()
     with torch.no_grad():
         assert h.predict_action(ctx, batch).shape == (bsz, horizon, action_dim)
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_vae_encoder_layers": 1}, {"state_dim": None}])
+def test_factored_first_vae_layer_equals_projecting_the_tokens(kw, monkeypatch):
+    """The first VAE layer's q/k/v from (W Wa) a: same posterior and same gradients as projecting
+    the action tokens, under the same dropout masks."""
+    h = head(**kw).train()
+    ctx, batch = inputs(h, bsz=3)
+    batch["action_is_pad"][1, 2:] = True
+    assert h._first_vae_projections(torch.zeros(3, 1 + bool(h.config.state_dim), 16), batch["action"]) is not None
+
+    def posterior_and_grads():
+        h.zero_grad(set_to_none=True)
+        torch.manual_seed(11)
+        out = h(ctx, batch)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in h.named_parameters() if p.grad is not None}
+        return out.loss.detach(), grads
+
+    loss, grads = posterior_and_grads()
+    monkeypatch.setattr(ACTVAEHead, "_first_vae_projections", lambda self, fixed, action: None)
+    ref_loss, ref_grads = posterior_and_grads()
+    torch.testing.assert_close(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:  # float rounding differs (different sums), relative to each gradient's scale
+        scale = ref_grads[name].abs().max().item()
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-5 * max(scale, 1.0), msg=name)
+
+
+def test_factored_projections_are_skipped_where_they_do_not_apply():
+    h = head(pre_norm=True)
+    assert h._first_vae_projections(torch.zeros(2, 2, 16), torch.zeros(2, 5, 3)) is None
+    with pytest.raises(ValueError, match="post-norm"):
+        h.vae_encoder.layers[0](torch.zeros(2, 7, 16), None, projected=(torch.zeros(2, 7, 16),) * 3)

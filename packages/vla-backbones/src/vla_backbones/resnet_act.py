@@ -33,7 +33,7 @@ from vla_core.config import check_choice, check_positive
 from vla_core.interfaces import Batch
 
 from vla_backbones import resnet_onednn
-from vla_backbones.resnet_onednn import fold_bn
+from vla_backbones.resnet_onednn import bn_affine, fold_bn, out_size
 
 RESNETS = (
     "resnet18",
@@ -123,12 +123,22 @@ def load_resnet_weights(resnet: nn.Module, path: str) -> None:
 
 
 def conv_bn(x: Tensor, conv: nn.Conv2d, bn: nn.Module) -> Tensor:
-    """bn(conv(x)); a frozen BatchNorm is folded into the convolution's weight and bias (one pass
-    over the activations instead of three; gradients still reach ``conv.weight``). Without
-    autograd the folded weights are cached on ``conv`` until a tensor involved changes."""
+    """bn(conv(x)) for x (B, I, H, W), with a frozen BatchNorm's affine map made cheap.
+
+    Without autograd the BatchNorm is folded into the convolution's weight and bias, cached on
+    ``conv`` until a tensor involved changes. With a gradient for ``conv.weight`` the map goes where
+    it costs less, as one pass forward and one backward either way: folded into the weight when the
+    weight is smaller than the output (the early, large maps), else one ``addcmul`` on the output
+    (layer3 / layer4, where a 3x3 512-channel weight is ten times its 7x7 map).
+    """
     if not isinstance(bn, FrozenBatchNorm2d):
         return bn(conv(x))
     if torch.is_grad_enabled() and conv.weight.requires_grad:
+        n_out = x.shape[0] * conv.out_channels * out_size(x.shape[-2], conv) * out_size(x.shape[-1], conv)
+        if conv.weight.numel() > n_out:
+            scale, shift = bn_affine(conv, bn)
+            y = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+            return torch.addcmul(shift[:, None, None], y, scale[:, None, None])
         weight, bias = fold_bn(conv, bn)
     else:
         tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
@@ -200,9 +210,15 @@ class ResNetACTBackbone(Backbone):
 
     def _eager_feature_map(self, images: Tensor) -> Tensor:
         r = self.resnet
+        # On CPU the stem runs channels-last, where max-pooling is vectorised (NCHW's is not: ~10x
+        # slower at 112x112); the rest stays NCHW, which trains no slower here.
+        on_cpu = images.device.type == "cpu"
+        x = images.contiguous(memory_format=torch.channels_last) if on_cpu else images
         # max-pool then ReLU: equal to ReLU then max-pool (both monotone, gradients included: the
         # pooled argmax is the same wherever the ReLU lets a gradient through), on a 4x smaller map.
-        x = r.maxpool(conv_bn(images, r.conv1, r.bn1)).relu_()
+        x = r.maxpool(conv_bn(x, r.conv1, r.bn1)).relu_()
+        if on_cpu:
+            x = x.contiguous()
         for layer in (r.layer1, r.layer2, r.layer3, r.layer4):
             for block in layer:
                 x = run_block(block, x)

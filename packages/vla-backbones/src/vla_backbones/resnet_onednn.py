@@ -26,14 +26,20 @@ from torchvision.ops import FrozenBatchNorm2d
 _POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 
 
-def fold_bn(conv: nn.Conv2d, bn: nn.Module) -> tuple[Tensor, Tensor]:
-    """Weight (O, I/groups, k, k) and bias (O,) of ``bn(conv(x))`` for a BatchNorm that uses its
-    running statistics (frozen, or ``nn.BatchNorm2d`` in eval mode)."""
+def bn_affine(conv: nn.Conv2d, bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """(scale, shift), each (O,): ``bn(conv(x)) == conv_without_bias(x) * scale + shift`` per channel
+    for a BatchNorm that uses its running statistics (frozen, or ``nn.BatchNorm2d`` in eval mode)."""
     scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-    bias = bn.bias - bn.running_mean * scale
+    shift = bn.bias - bn.running_mean * scale
     if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return conv.weight * scale[:, None, None, None], bias
+        shift = shift + conv.bias * scale
+    return scale, shift
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """Weight (O, I/groups, k, k) and bias (O,) of ``bn(conv(x))``, the BatchNorm folded in (see :func:`bn_affine`)."""
+    scale, shift = bn_affine(conv, bn)
+    return conv.weight * scale[:, None, None, None], shift
 
 
 def uses_running_stats(bn: nn.Module) -> bool:
@@ -60,7 +66,8 @@ def applies(resnet: nn.Module, x: Tensor) -> bool:
     )
 
 
-def _out_size(size: int, conv: nn.Conv2d) -> int:
+def out_size(size: int, conv: nn.Conv2d) -> int:
+    """Output height (or width) of ``conv`` for an input of height (or width) ``size``."""
     k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
@@ -113,7 +120,7 @@ class ResNetPlan:
     def __init__(self, resnet: nn.Module, proj: nn.Conv2d | None, input_shape: tuple[int, int, int, int]) -> None:
         n, _, h, w = input_shape
         self.stem = PackedConv.pack(resnet.conv1, resnet.bn1, input_shape)
-        h, w = _out_size(h, resnet.conv1), _out_size(w, resnet.conv1)
+        h, w = out_size(h, resnet.conv1), out_size(w, resnet.conv1)
         pool = resnet.maxpool
         self.pool = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
         h, w = F.max_pool2d(torch.empty(1, 1, h, w, device="meta"), *self.pool).shape[-2:]
@@ -127,7 +134,7 @@ class ResNetPlan:
                 for name in names:
                     conv = getattr(block, name)
                     convs.append(PackedConv.pack(conv, getattr(block, "bn" + name[-1]), (n, conv.in_channels, h, w)))
-                    h, w = _out_size(h, conv), _out_size(w, conv)
+                    h, w = out_size(h, conv), out_size(w, conv)
                 ds = block.downsample
                 blocks.append(_Block(tuple(convs), None if ds is None else PackedConv.pack(ds[0], ds[1], shape)))
                 channels = convs[-1].bias.shape[0]
@@ -186,4 +193,7 @@ def run(resnet: nn.Module, proj: nn.Conv2d | None, x: Tensor, cache: PlanCache,
     return cache.get(resnet, proj, tuple(x.shape))(x)
 
 
-__all__ = ["PackedConv", "PlanCache", "ResNetPlan", "applies", "available", "fold_bn", "run", "uses_running_stats"]
+__all__ = [
+    "PackedConv", "PlanCache", "ResNetPlan", "applies", "available", "bn_affine", "fold_bn", "out_size", "run",
+    "uses_running_stats",
+]

@@ -151,9 +151,34 @@ class ACTVAEHead(ActionHead):
         x = torch.cat(tokens, dim=1)  # (B, 1 (+1) + H, D)
         n_fixed = x.shape[1] - action.shape[1]
         valid = torch.cat([is_pad.new_ones(bsz, n_fixed), ~is_pad], dim=1)
-        cls = self.vae_encoder(x, self.vae_pos_embed, valid, first_only=True)[:, 0]
+        projected = self._first_vae_projections(x[:, :n_fixed], action)
+        cls = self.vae_encoder(x, self.vae_pos_embed, valid, first_only=True, first_projected=projected)[:, 0]
         mu, log_var = self.vae_latent_proj(cls).chunk(2, dim=-1)
         return mu, log_var
+
+    def _first_vae_projections(self, fixed: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """q, k, v (B, n_fixed + H, D) of the first VAE encoder layer, or None where not applicable.
+
+        With post-norm the first layer projects its input tokens directly, and an action token is
+        itself a linear map of the A-dim action: W (a Wa^T + ba) = a (W Wa)^T + W ba. So the
+        (3D x A) product ``W Wa`` replaces projecting H D-dim tokens per sample (ALOHA: 14 instead
+        of 512 inner dimensions), forward and backward; the positions' share of q and k is
+        projected once for the batch. Exact up to float rounding.
+        """
+        first, proj = self.vae_encoder.layers[0], self.vae_action_proj
+        if first.pre_norm or type(proj) is not nn.Linear:  # pre-norm projects norm1(x); a LoRA proj is not W a + b
+            return None
+        attn, d, n_fixed = first.self_attn, self.config.dim_model, fixed.shape[1]
+        w, b = attn.in_proj_weight, attn.in_proj_bias  # (3D, D), (3D,)
+        pos = self.vae_pos_embed  # (1, n_fixed + H, D)
+        fixed_qk = fixed + pos[:, :n_fixed]
+        q_f, k_f, v_f = attn.project(fixed_qk, fixed_qk, fixed)
+        qkv_a = nn.functional.linear(action, w @ proj.weight, w @ proj.bias + b)  # (B, H, 3D)
+        pos_qk = nn.functional.linear(pos[:, n_fixed:], w[: 2 * d])  # (1, H, 2D)
+        q_a = qkv_a[..., :d] + pos_qk[..., :d]
+        k_a = qkv_a[..., d : 2 * d] + pos_qk[..., d:]
+        v_a = qkv_a[..., 2 * d :]
+        return torch.cat([q_f, q_a], dim=1), torch.cat([k_f, k_a], dim=1), torch.cat([v_f, v_a], dim=1)
 
     def decode(self, latent: Tensor, context: BackboneOutput, batch: Batch) -> Tensor:
         """latent (B, latent_dim) + context tokens + state -> action chunk (B, H, A)."""

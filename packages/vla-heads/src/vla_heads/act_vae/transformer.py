@@ -72,14 +72,22 @@ class Attention(nn.Module):
             scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
         return scores.softmax(dim=-1)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
+    def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The input projections: (B, Lq, D), (B, Lk, D), (B, Lk, D) -> q, k, v of the same shapes."""
         d, w, b = self.dim, self.in_proj_weight, self.in_proj_bias
         if query is key:
             q, k = linear(query, w[: 2 * d], b[: 2 * d]).chunk(2, dim=-1)
         else:
             q = linear(query, w[:d], b[:d])
             k = linear(key, w[d : 2 * d], b[d : 2 * d])
-        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(self.project_value(value))
+        return q, k, self.project_value(value)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.attend(*self.project(query, key, value), mask)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attention from projected q (B, Lq, D), k and v (B, Lk, D) -> (B, Lq, D), output projection included."""
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
         if self.training and self.dropout > 0 and q.device.type == "cpu":
             # SDPA's CPU dropout path is the same math with a costlier mask (see vla_heads.dropout).
             out = apply_dropout(self.probabilities(q, k, mask), self.dropout) @ v
@@ -122,21 +130,30 @@ class EncoderLayer(_Block):
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
         self.pre_norm = pre_norm
 
-    def forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None = None, *, first_only: bool = False) -> Tensor:
+    def forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None = None, *, first_only: bool = False,
+                projected: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """x (B, L, D), pos (B or 1, L, D) added to queries and keys, mask (B, L) True = valid.
 
         ``first_only``: return only the first token's output (B, 1, D), skipping the other rows'
         queries and feed-forward (their keys and values are still used).
+        ``projected``: the self-attention's q, k, v (B, L, D) each, already computed by the caller
+        from x and pos (post-norm only, where they are projections of x itself).
         """
         if self.pre_norm:
+            if projected is not None:
+                raise ValueError("EncoderLayer: `projected` q/k/v need post-norm (pre-norm projects norm1(x))")
             y = self.norm1(x)
             qk = y if pos is None else y + pos
             q, x = (qk[:, :1], x[:, :1]) if first_only else (qk, x)
             x = x + self.dropout1(self.self_attn(q, qk, y, mask))
             return x + self.dropout2(self.ff(self.norm2(x)))
-        qk = x if pos is None else x + pos
-        q, skip = (qk[:, :1], x[:, :1]) if first_only else (qk, x)
-        x = self.norm1(skip + self.dropout1(self.self_attn(q, qk, x, mask)))
+        if projected is None:
+            qk = x if pos is None else x + pos
+            projected = self.self_attn.project(qk[:, :1] if first_only else qk, qk, x)
+        elif first_only:
+            projected = (projected[0][:, :1], *projected[1:])
+        skip = x[:, :1] if first_only else x
+        x = self.norm1(skip + self.dropout1(self.self_attn.attend(*projected, mask)))
         return self.norm2(x + self.dropout2(self.ff(x)))
 
 
@@ -151,12 +168,14 @@ class Encoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dim) if pre_norm else nn.Identity()
 
-    def forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None = None, *, first_only: bool = False) -> Tensor:
+    def forward(self, x: Tensor, pos: Tensor | None, mask: Tensor | None = None, *, first_only: bool = False,
+                first_projected: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """x (B, L, D) -> (B, L, D), or (B, 1, D) with ``first_only`` (a CLS readout: the last layer
-        then computes the first row alone)."""
+        then computes the first row alone). ``first_projected``: the first layer's q, k, v (see
+        :meth:`EncoderLayer.forward`)."""
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x, pos, mask, first_only=first_only and i == last)
+            x = layer(x, pos, mask, first_only=first_only and i == last, projected=first_projected if i == 0 else None)
         return self.norm(x)
 
 
