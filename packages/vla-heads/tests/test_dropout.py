@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vla_heads.dropout import Dropout, drop_mask, dropout, keep_mask
+from vla_heads.dropout import Dropout, _threshold, drop_mask, dropout, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5, 0.9])
@@ -22,13 +22,26 @@ def test_keep_rate_matches_p(p):
 
 
 def test_mask_elements_are_independent_of_their_neighbours():
-    """Two int32 lanes come from one 64-bit draw: neighbours must still be uncorrelated."""
+    """Four int16 lanes come from one 64-bit draw: elements 1, 2 and 3 apart must still be uncorrelated."""
     torch.manual_seed(1)
-    m = keep_mask((200_000,), 0.5).double()
-    even, odd = m[0::2], m[1::2]
-    corr = ((even - even.mean()) * (odd - odd.mean())).mean() / (even.std() * odd.std())
-    assert abs(corr.item()) < 0.02
-    assert abs(m[:-1].eq(m[1:]).double().mean().item() - 0.5) < 0.01
+    m = keep_mask((400_000,), 0.5).double()
+    for lag in (1, 2, 3, 4):
+        a, b = m[:-lag], m[lag:]
+        corr = ((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std())
+        assert abs(corr.item()) < 0.01, lag
+    for lane in range(4):  # each lane position is itself a fair coin
+        assert abs(m[lane::4].mean().item() - 0.5) < 0.01
+
+
+def test_drop_probability_is_p_rounded_to_16_bits_and_stays_in_range():
+    """P(drop) = round(p * 2^16) / 2^16: check the threshold at its edges, where int16 could overflow."""
+    torch.manual_seed(2)
+    assert keep_mask((50_000,), 1e-9).all()  # rounds to 0: nothing dropped
+    dropped = (~keep_mask((400_000,), 1 - 1e-9)).sum().item()  # at most 1 - 2^-16: ~6 of 400k kept
+    assert 400_000 - 40 < dropped < 400_000
+    lanes = torch.arange(-(2**15), 2**15, dtype=torch.int32)
+    for p in (0.1, 0.25, 1 / 3):
+        assert (lanes < _threshold(p)).sum().item() == round(p * 2**16)
 
 
 @settings(max_examples=20, deadline=None)
