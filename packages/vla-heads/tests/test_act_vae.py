@@ -261,3 +261,46 @@ def test_factored_projections_are_skipped_where_they_do_not_apply():
     assert h._first_vae_projections(torch.zeros(2, 2, 16), torch.zeros(2, 5, 3)) is None
     with pytest.raises(ValueError, match="post-norm"):
         h.vae_encoder.layers[0](torch.zeros(2, 7, 16), None, projected=(torch.zeros(2, 7, 16),) * 3)
+
+
+@settings(max_examples=15, deadline=None)
+@given(bsz=st.integers(1, 3), length=st.integers(1, 9), heads=st.sampled_from([1, 2, 4]), train=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_one_query_attention_equals_projecting_keys_and_values(bsz, length, heads, train, seed):
+    """attend_one_query (the CLS readout of the VAE's last layer) against project + attend on the
+    first row: same output and gradients, with the same attention-dropout mask and a key mask."""
+    from vla_heads.act_vae.transformer import Attention
+
+    torch.manual_seed(seed)
+    attn = Attention(8, heads, 0.3).train(train)
+    with torch.no_grad():
+        attn.in_proj_bias.normal_()
+    key = torch.randn(bsz, length, 8, requires_grad=True)
+    value = torch.randn(bsz, length, 8, requires_grad=True)
+    mask = torch.rand(bsz, length) > 0.3
+    mask[:, 0] = True
+
+    def run(fn):
+        attn.zero_grad(set_to_none=True)
+        key.grad = value.grad = None
+        torch.manual_seed(seed + 1)
+        out = fn()
+        out.backward(torch.ones_like(out))
+        return [out.detach(), key.grad, value.grad] + [p.grad for p in attn.parameters()]
+
+    got = run(lambda: attn.attend_one_query(key[:, :1], key, value, mask))
+    ref = run(lambda: attn.attend(*attn.project(key[:, :1], key, value), mask))
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_cls_readout_is_the_first_row_of_the_full_layer(pre_norm):
+    from vla_heads.act_vae.transformer import EncoderLayer
+
+    torch.manual_seed(0)
+    layer = EncoderLayer(16, 4, 24, 0.1, "relu", pre_norm).eval()
+    x, pos = torch.randn(3, 7, 16), torch.randn(1, 7, 16)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    torch.testing.assert_close(layer(x, pos, mask, first_only=True), layer(x, pos, mask)[:, :1])

@@ -85,6 +85,29 @@ class Attention(nn.Module):
     def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.attend(*self.project(query, key, value), mask)
 
+    def attend_one_query(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
+        """One query row over unprojected keys and values: query (B, 1, D), key / value (B, L, D) -> (B, 1, D).
+
+        Equal to ``forward`` without projecting the L keys and values: per head, q . (Wk k + bk) =
+        (Wk^T q) . k + q . bk, whose last term is the same for every key and cancels in the softmax;
+        and sum_j p_j (Wv v_j + bv) = Wv (sum_j p_j v_j) + bv sum_j p_j (the sum is 1 unless attention
+        dropout dropped weights). A CLS readout then costs O(L D) per head instead of O(L D^2).
+        """
+        bsz, d, heads = query.shape[0], self.dim, self.n_heads
+        w, b = self.in_proj_weight, self.in_proj_bias
+        q = linear(query, w[:d], b[:d]).reshape(bsz, heads, d // heads)  # (B, H, D/H)
+        q_in_key_space = torch.einsum("bhe,hed->bhd", q * (d // heads) ** -0.5, w[d : 2 * d].reshape(heads, -1, d))
+        scores = q_in_key_space @ key.transpose(1, 2)  # (B, H, L)
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        probs = scores.softmax(dim=-1)
+        if self.training and self.dropout > 0:
+            probs = apply_dropout(probs, self.dropout)
+        weighted = probs @ value  # (B, H, D): the probability-weighted raw values
+        out = torch.einsum("bhd,hed->bhe", weighted, w[2 * d :].reshape(heads, -1, d))  # (B, H, D/H)
+        out = out + b[2 * d :].reshape(heads, -1) * probs.sum(dim=-1, keepdim=True)
+        return apply_linear(self.out_proj, out.reshape(bsz, 1, d))
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """Attention from projected q (B, Lq, D), k and v (B, Lk, D) -> (B, Lq, D), output projection included."""
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
@@ -144,16 +167,23 @@ class EncoderLayer(_Block):
                 raise ValueError("EncoderLayer: `projected` q/k/v need post-norm (pre-norm projects norm1(x))")
             y = self.norm1(x)
             qk = y if pos is None else y + pos
-            q, x = (qk[:, :1], x[:, :1]) if first_only else (qk, x)
-            x = x + self.dropout1(self.self_attn(q, qk, y, mask))
+            if first_only:
+                x = x[:, :1] + self.dropout1(self.self_attn.attend_one_query(qk[:, :1], qk, y, mask))
+            else:
+                x = x + self.dropout1(self.self_attn(qk, qk, y, mask))
             return x + self.dropout2(self.ff(self.norm2(x)))
-        if projected is None:
+        if projected is not None:
+            if first_only:
+                projected = (projected[0][:, :1], *projected[1:])
+            attended = self.self_attn.attend(*projected, mask)
+        else:
             qk = x if pos is None else x + pos
-            projected = self.self_attn.project(qk[:, :1] if first_only else qk, qk, x)
-        elif first_only:
-            projected = (projected[0][:, :1], *projected[1:])
+            if first_only:
+                attended = self.self_attn.attend_one_query(qk[:, :1], qk, x, mask)
+            else:
+                attended = self.self_attn(qk, qk, x, mask)
         skip = x[:, :1] if first_only else x
-        x = self.norm1(skip + self.dropout1(self.self_attn.attend(*projected, mask)))
+        x = self.norm1(skip + self.dropout1(attended))
         return self.norm2(x + self.dropout2(self.ff(x)))
 
 
