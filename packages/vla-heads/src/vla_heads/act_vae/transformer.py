@@ -72,11 +72,17 @@ class Attention(nn.Module):
             scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
         return scores.softmax(dim=-1)
 
+    def project_query_key(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(..., D) -> q, k (..., D) each, in one matmul: self-attention, where queries and keys are one input."""
+        d = self.dim
+        q, k = linear(x, self.in_proj_weight[: 2 * d], self.in_proj_bias[: 2 * d]).chunk(2, dim=-1)
+        return q, k
+
     def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The input projections: (B, Lq, D), (B, Lk, D), (B, Lk, D) -> q, k, v of the same shapes."""
         d, w, b = self.dim, self.in_proj_weight, self.in_proj_bias
         if query is key:
-            q, k = linear(query, w[: 2 * d], b[: 2 * d]).chunk(2, dim=-1)
+            q, k = self.project_query_key(query)
         else:
             q = linear(query, w[:d], b[:d])
             k = linear(key, w[d : 2 * d], b[d : 2 * d])
@@ -236,8 +242,7 @@ class DecoderLayer(_Block):
         v = attn.project_value(x[:1, :1])  # (1, 1, D)
         if not (self.training and attn.dropout > 0):
             return apply_linear(attn.out_proj, v).expand_as(x)
-        d = attn.dim
-        q, k = linear(x[:1] + query_pos, attn.in_proj_weight[: 2 * d], attn.in_proj_bias[: 2 * d]).chunk(2, dim=-1)
+        q, k = attn.project_query_key(x[:1] + query_pos)
         q, k = attn.split_heads(q), attn.split_heads(k)  # (1, heads, H, D / heads)
         probs = attn.probabilities(q, k).expand(x.shape[0], -1, -1, -1)  # (B, heads, H, H)
         row_sums = apply_dropout(probs, attn.dropout).sum(-1, keepdim=True)  # (B, heads, H, 1)
