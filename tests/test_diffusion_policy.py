@@ -127,7 +127,7 @@ def test_save_reload_and_select_action(tmp_path):
     assert first.shape == (2, 2)
     for _ in range(3):
         policy.select_action(single)
-    assert len(policy._queue) == 0
+    assert policy.queued_actions == 0
 
 
 def test_ema_head_of_a_policy_samples():

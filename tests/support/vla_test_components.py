@@ -55,6 +55,10 @@ class LinearBackbone(Backbone):
 
             load_checkpoint(self, config.pretrained_weights)
 
+    @classmethod
+    def tiny_config(cls, workdir):
+        return {"dim": 8, "pool": 2}
+
     def forward(self, batch) -> BackboneOutput:
         tokens = []
         for key in self.config.image_keys:
@@ -96,6 +100,10 @@ class MLPHead(ActionHead):
             nn.GELU(),
             nn.Linear(config.hidden_dim, config.horizon * config.action_dim),
         )
+
+    @classmethod
+    def tiny_config(cls, workdir):
+        return {"hidden_dim": 8}
 
     def _predict(self, context):
         mask = context.attention_mask.unsqueeze(-1).to(context.features.dtype)

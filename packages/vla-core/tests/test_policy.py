@@ -164,7 +164,7 @@ def test_select_action_pops_the_queue_then_predicts_again():
 
 
 def test_n_action_steps_above_horizon_is_rejected():
-    with pytest.raises(ConfigError, match="n_action_steps: expected <= the head's horizon 4, received 5"):
+    with pytest.raises(ConfigError, match="n_action_steps: expected <= the horizon 4, received 5"):
         make_policy(n_action_steps=5)
     with pytest.raises(ConfigError, match="n_action_steps must be 1"):
         make_policy(n_action_steps=2, temporal_ensemble_coeff=0.01)

@@ -38,11 +38,11 @@ def test_retained_memory_is_reused_without_page_faults():
     assert retained < default / 3, (retained, default)
 
 
-def test_trainer_applies_it_unless_disabled(monkeypatch):
+def test_trainer_applies_it_only_when_asked(monkeypatch):
     from vla_train import trainer
     from vla_train.config import ParallelConfig
 
-    assert ParallelConfig().retain_host_memory
+    assert not ParallelConfig().retain_host_memory  # a library does not change the allocator unasked
     calls = []
     monkeypatch.setattr(trainer, "retain_freed_memory", lambda: calls.append(True) or True)
     monkeypatch.setattr(trainer, "init_world", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop here")))
@@ -53,4 +53,7 @@ def test_trainer_applies_it_unless_disabled(monkeypatch):
     assert calls == []
     with pytest.raises(RuntimeError, match="stop here"):
         trainer.Trainer(cfg.replace(parallel={}))
+    assert calls == []
+    with pytest.raises(RuntimeError, match="stop here"):
+        trainer.Trainer(cfg.replace(parallel={"retain_host_memory": True}))
     assert calls == [True]

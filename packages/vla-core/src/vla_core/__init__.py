@@ -22,11 +22,30 @@ from vla_core.features import (
     PolicyFeature,
     validate_batch,
 )
-from vla_core.interfaces import ActionHead, Backbone, BackboneOutput, HeadOutput, Projector
+from vla_core.interfaces import (
+    ActionHead,
+    Backbone,
+    BackboneOutput,
+    ContextNeeds,
+    ContextSpec,
+    HeadOutput,
+    KVGeometry,
+    Projector,
+)
 from vla_core.normalize import Normalizer
 from vla_core.policy import PolicyConfig, VLAPolicy
+from vla_core.policy_base import BasePolicyConfig, Policy, build_policy, load_policy
 from vla_core.projectors import LinearProjector, MLPProjector
-from vla_core.registry import BACKBONES, HEADS, PROJECTORS, Registry, build_backbone, build_head, build_projector
+from vla_core.registry import (
+    BACKBONES,
+    HEADS,
+    POLICIES,
+    PROJECTORS,
+    Registry,
+    build_backbone,
+    build_head,
+    build_projector,
+)
 
 __version__ = "0.1.0"
 
@@ -40,22 +59,28 @@ __all__ = [
     "OBS_IMAGES",
     "OBS_IMAGE_PREFIX",
     "OBS_STATE",
+    "POLICIES",
     "PROJECTORS",
     "TASK",
     "ActionHead",
     "ActionQueue",
     "Backbone",
     "BackboneOutput",
+    "BasePolicyConfig",
     "CheckpointError",
     "ComponentConfig",
     "ConfigError",
+    "ContextNeeds",
+    "ContextSpec",
     "FeatureType",
     "HeadOutput",
+    "KVGeometry",
     "LinearProjector",
     "LoadReport",
     "MLPProjector",
     "MissingExtraError",
     "Normalizer",
+    "Policy",
     "PolicyConfig",
     "PolicyFeature",
     "Projector",
@@ -66,9 +91,11 @@ __all__ = [
     "apply_name_mapping",
     "build_backbone",
     "build_head",
+    "build_policy",
     "build_projector",
     "load_checkpoint",
     "load_into",
+    "load_policy",
     "load_tensors",
     "save_safetensors",
     "validate_batch",

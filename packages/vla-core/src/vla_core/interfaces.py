@@ -7,9 +7,11 @@ Shapes: ``B`` batch, ``T`` context tokens, ``D`` width, ``H`` horizon (chunk len
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +19,46 @@ from torch import Tensor, nn
 from vla_core.config import ComponentConfig
 
 Batch = Mapping[str, Any]
+C = TypeVar("C", bound=ComponentConfig)
+
+
+@dataclass(frozen=True)
+class KVGeometry:
+    """Per-layer K/V a backbone hands to an expert head: ``num_layers`` pairs (k, v), each of shape
+    (B, num_kv_heads, T, head_dim)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
+class ContextSpec:
+    """What a backbone's context holds, known once it is built (before any forward).
+
+    width: D of ``features``. num_tokens: T, or None when it varies with the input (text length).
+    pos_embed: whether ``pos_embed`` is set. kv: the geometry of ``past_key_values``, or None.
+    """
+
+    width: int
+    num_tokens: int | None
+    pos_embed: bool = False
+    kv: KVGeometry | None = None
+
+
+@dataclass(frozen=True)
+class ContextNeeds:
+    """What a head reads from the context.
+
+    width: the feature width the head attends with, or None when it takes the backbone's (its
+    ``context_dim`` is then filled in); a different width inserts a projector. fixed_tokens: it needs
+    the same token count for every input (e.g. it flattens the tokens). kv: it reads the per-layer
+    ``past_key_values`` rather than only the features.
+    """
+
+    width: int | None = None
+    fixed_tokens: bool = False
+    kv: bool = False
 
 
 @dataclass
@@ -60,6 +102,20 @@ class Component(nn.Module, metaclass=abc.ABCMeta):
     # A saved policy carries its weights, so ``VLAPolicy.save_pretrained`` writes these as None.
     weight_source_fields: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def tiny_config(cls, workdir: Path) -> dict[str, Any]:
+        """Config fields (no ``type``) of a tiny instance that builds in well under a second.
+
+        The contract suite (:mod:`vla_core.testing`) builds every registered component from this.
+        Fields the policy derives from its features (``image_keys``, ``state_dim``, ``action_dim``,
+        ``context_dim`` ...) are left out. ``workdir`` is a scratch directory for assets the tiny
+        instance needs (e.g. a tokenizer).
+        """
+        raise NotImplementedError(
+            f"{cls.__qualname__} declares no tiny_config(); the contract suite needs one "
+            "(a classmethod returning the fields of a tiny instance)"
+        )
+
 
 class Backbone(Component):
     """Turns observations (images, state, language) into context tokens.
@@ -73,11 +129,21 @@ class Backbone(Component):
     def forward(self, batch: Batch) -> BackboneOutput:
         """batch -> BackboneOutput with features (B, T, D) and attention_mask (B, T)."""
 
-    def context_spec(self) -> dict[str, Any]:
-        """Facts about the context beyond ``output_dim`` (e.g. the per-layer K/V geometry of
-        ``past_key_values``). A head config that declares a field of the same name receives the
-        value from the policy, which rejects a spec that says otherwise. Default: none."""
-        return {}
+    def context_spec(self) -> ContextSpec:
+        """What the context holds (checked against the head's needs when a policy is built).
+
+        Default: width ``output_dim``, a token count that varies, no positions, no K/V.
+        """
+        return ContextSpec(width=self.output_dim, num_tokens=None)
+
+    @classmethod
+    def configure_for(cls, config: C, needs: ContextNeeds) -> C:
+        """This backbone's config adapted to what the head needs (e.g. hidden states vs K/V).
+
+        Raises :class:`~vla_core.errors.ConfigError` naming the field when the config contradicts
+        the head. Default: the config unchanged.
+        """
+        return config
 
 
 class ActionHead(Component):
@@ -88,6 +154,25 @@ class ActionHead(Component):
 
     horizon: int
     action_dim: int
+
+    @classmethod
+    def context_needs(cls, config: ComponentConfig) -> ContextNeeds:
+        """What this head reads from the context. Default: ``context_dim`` when the config sets it
+        (a width to project to), else the backbone's width."""
+        return ContextNeeds(width=getattr(config, "context_dim", None))
+
+    @classmethod
+    def configure_for(cls, config: C, context: ContextSpec) -> C:
+        """This head's config with the fields that follow from the context filled in.
+
+        ``context`` is what the head receives (after any projector). Raises
+        :class:`~vla_core.errors.ConfigError` that names the field to change when the head cannot use
+        it. Default: ``context_dim`` (when the config has that field and leaves it unset) becomes
+        the context width.
+        """
+        if "context_dim" in config.field_names() and getattr(config, "context_dim") is None:
+            return dataclasses.replace(config, context_dim=context.width)
+        return config
 
     @abc.abstractmethod
     def forward(self, context: BackboneOutput, batch: Batch) -> HeadOutput:
@@ -106,11 +191,18 @@ class ActionHead(Component):
 
 
 class Projector(Component):
-    """Maps context tokens (B, T, in_dim) to (B, T, out_dim)."""
+    """Maps context tokens (B, T, in_dim) to (B, T, out_dim), and their positions with them.
+
+    Its config may declare ``pos_embed: bool`` (filled by the policy: whether the backbone gives
+    positions) when projecting positions needs parameters of its own.
+    """
 
     in_dim: int
     out_dim: int
 
     @abc.abstractmethod
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, T, in_dim) -> (B, T, out_dim)."""
+    def forward(self, features: Tensor, pos_embed: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """features (B, T, in_dim), pos_embed (B or 1, T, in_dim) or None -> the same at out_dim.
+
+        Positions are mapped so that ``features + pos_embed`` projects like the sum would (a
+        linear projector applies its weight without the bias to them)."""

@@ -1,104 +1,67 @@
-"""VLAPolicy: normalizer -> backbone -> (projector) -> head -> unnormalizer, from one config dict."""
+"""VLAPolicy: normalizer -> backbone -> (projector) -> head -> unnormalizer, from one config dict.
+
+The pair is checked and wired when the policy is built, never at the first forward:
+
+1. fields the components declare and the spec leaves out are filled from the features
+   (:func:`derived_fields`);
+2. the head says what it reads (:meth:`ActionHead.context_needs`), and the backbone adapts to it
+   (:meth:`Backbone.configure_for`, e.g. hidden states rather than K/V);
+3. the built backbone says what it gives (:meth:`Backbone.context_spec`); a head that reads K/V from a
+   backbone without them is refused, and a width the head cannot take gets a projector (which maps
+   ``pos_embed`` too);
+4. the head fills the fields that follow from the context (:meth:`ActionHead.configure_for`, e.g.
+   ``context_dim``, a pooling that fits a varying token count) or refuses it, naming the field.
+
+Every failure is a :class:`~vla_core.errors.ConfigError` naming what the head needs, what the backbone
+gives and the field that fixes it. ``self.config`` is the fully wired config, saved with the weights.
+"""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import fnmatch
-import json
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vla_core.actions import ActionQueue, TemporalEnsembler
-from vla_core.checkpoint import atomic_write, load_checkpoint, save_safetensors
 from vla_core.config import ComponentConfig
 from vla_core.errors import ConfigError
-from vla_core.features import (
-    ACTION,
-    FeatureType,
-    PolicyFeature,
-    camera_keys,
-    first_of_type,
-    parse_features,
-    validate_batch,
-)
-from vla_core.interfaces import ActionHead, Backbone, BackboneOutput, Batch, HeadOutput
-from vla_core.normalize import Normalizer, resolve_modes
-from vla_core.registry import BACKBONES, HEADS, PROJECTORS
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from vla_core.features import ACTION, FeatureType, camera_keys, first_of_type
+from vla_core.interfaces import ActionHead, Backbone, BackboneOutput, Batch, ContextNeeds, ContextSpec, HeadOutput
+from vla_core.policy_base import BasePolicyConfig, Policy
+from vla_core.registry import BACKBONES, HEADS, POLICIES, PROJECTORS
 
 
 @dataclass(frozen=True, kw_only=True)
-class PolicyConfig(ComponentConfig):
-    """Everything needed to rebuild a policy (its weights and stats live in model.safetensors).
+class PolicyConfig(BasePolicyConfig):
+    """Everything needed to rebuild a composed policy (its weights and stats live in model.safetensors).
 
     Component specs are ``{"type": name, **fields}``. Fields a component declares and the spec
-    leaves out are filled from the features (see :func:`derived_fields`).
+    leaves out are filled from the features (see :func:`derived_fields`) and from the pair's wiring.
     """
 
-    input_features: dict[str, Any]
-    output_features: dict[str, Any]
     backbone: dict[str, Any]
     head: dict[str, Any]
     projector: dict[str, Any] | None = None
-    normalization: dict[str, str] = field(default_factory=dict)  # feature key or type -> mode
-    n_obs_steps: int = 1
-    n_action_steps: int | None = None  # defaults to the head's horizon
-    # chunk index of the first executed action; None: n_obs_steps - 1, as the training windows start
-    # at the oldest observed step (LeRobot's convention)
-    action_start: int | None = None
-    temporal_ensemble_coeff: float | None = None  # ACT uses 0.01; needs n_action_steps == 1
     freeze_backbone: bool = False
     freeze: tuple[str, ...] = ()  # glob patterns over parameter names, e.g. "backbone.layer1.*"
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        inputs = parse_features(self.input_features)
-        outputs = parse_features(self.output_features)
-        if ACTION not in outputs or outputs[ACTION].type is not FeatureType.ACTION:
-            raise ConfigError(f"{name}.output_features: expected an ACTION feature {ACTION!r}, received {sorted(outputs)}")
-        if any(f.type is FeatureType.ACTION for f in inputs.values()):
-            raise ConfigError(f"{name}.input_features: ACTION features belong in output_features")
-        resolve_modes({**inputs, **outputs}, self.normalization)
-        if self.n_obs_steps < 1:
-            raise ConfigError(f"{name}.n_obs_steps: expected >= 1, received {self.n_obs_steps}")
-        if self.n_action_steps is not None and self.n_action_steps < 1:
-            raise ConfigError(f"{name}.n_action_steps: expected >= 1, received {self.n_action_steps}")
-        if self.action_start is not None and self.action_start < 0:
-            raise ConfigError(f"{name}.action_start: expected >= 0, received {self.action_start}")
-        if self.temporal_ensemble_coeff is not None and self.n_action_steps not in (None, 1):
-            raise ConfigError(
-                f"{name}: temporal ensembling predicts every step, so n_action_steps must be 1, "
-                f"received {self.n_action_steps}"
-            )
+        super().__post_init__()
         for key in ("backbone", "head"):
             spec = getattr(self, key)
             if "type" not in spec:
-                raise ConfigError(f"{name}.{key}: expected a mapping with a 'type' key, received {spec!r}")
-
-    @property
-    def inputs(self) -> dict[str, PolicyFeature]:
-        return parse_features(self.input_features)
-
-    @property
-    def outputs(self) -> dict[str, PolicyFeature]:
-        return parse_features(self.output_features)
+                raise ConfigError(f"{type(self).__name__}.{key}: expected a mapping with a 'type' key, received {spec!r}")
 
 
-def derived_fields(config: PolicyConfig) -> dict[str, Any]:
+def derived_fields(config: BasePolicyConfig) -> dict[str, Any]:
     """Facts a component may declare as config fields and receive from the policy's features.
 
-    ``image_keys`` (camera keys), ``image_shape`` (C, H, W of the first camera), ``state_dim``,
-    ``env_state_dim``, ``action_dim``, ``n_obs_steps``. ``context_dim`` (the width the head
-    receives) is filled separately.
+    ``image_keys`` (camera keys), ``image_shape`` (C, H, W of the first camera), ``image_shapes``
+    (one per camera), ``state_dim``, ``env_state_dim``, ``action_dim``, ``n_obs_steps``.
     """
     inputs, outputs = config.inputs, config.outputs
     cams = camera_keys(inputs)
@@ -107,6 +70,7 @@ def derived_fields(config: PolicyConfig) -> dict[str, Any]:
     return {
         "image_keys": list(cams),
         "image_shape": list(inputs[cams[0]].shape) if cams else None,
+        "image_shapes": [list(inputs[k].shape) for k in cams] if cams else None,
         "state_dim": state[1].shape[-1] if state else None,
         "env_state_dim": env[1].shape[-1] if env else None,
         "action_dim": outputs[ACTION].shape[-1],
@@ -114,10 +78,8 @@ def derived_fields(config: PolicyConfig) -> dict[str, Any]:
     }
 
 
-def _fill(
-    kind: str, spec: Mapping[str, Any], config_class: type[ComponentConfig], facts: Mapping[str, Any],
-    source: str = "the features give",
-) -> dict:
+def _fill(kind: str, spec: Mapping[str, Any], config_class: type[ComponentConfig], facts: Mapping[str, Any]) -> dict:
+    """``spec`` with the ``facts`` its config class declares filled in; a contradicting value raises."""
     spec = dict(spec)
     names = config_class.field_names()
     for key, value in facts.items():
@@ -127,18 +89,18 @@ def _fill(
             spec[key] = value
         elif _plain(spec[key]) != _plain(value):
             raise ConfigError(
-                f"{kind}.{key}: {source} {value!r} but the {kind} spec says {spec[key]!r}; "
-                f"drop the field to take it from {source.rsplit(' ', 1)[0]}"
+                f"{kind}.{key}: the features give {value!r} but the {kind} spec says {spec[key]!r}; "
+                "drop the field to take it from the features"
             )
     return spec
 
 
 def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (tuple, list)) else value
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def resolve_config(config: PolicyConfig | Mapping[str, Any]) -> PolicyConfig:
-    """Fill the component specs' derived fields, so the result is complete and explicit."""
+    """Fill the component specs' fields derived from the features (before the pair is wired)."""
     if not isinstance(config, PolicyConfig):
         config = PolicyConfig.from_dict(config)
     facts = derived_fields(config)
@@ -147,61 +109,96 @@ def resolve_config(config: PolicyConfig | Mapping[str, Any]) -> PolicyConfig:
     return dataclasses.replace(config, backbone=backbone, head=head)
 
 
-class VLAPolicy(nn.Module):
-    """A robot policy composed of registered components.
+def _fields(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k != "type"}
+
+
+def _spec(name: str, config: ComponentConfig) -> dict[str, Any]:
+    return {"type": name, **config.to_dict()}
+
+
+def projector_spec(
+    given: Mapping[str, Any] | None, context: ContextSpec, needs: ContextNeeds, head: str
+) -> dict[str, Any] | None:
+    """The projector between a backbone giving ``context`` and a head needing ``needs``, or None.
+
+    A projector is inserted (``linear`` unless ``given`` names another type) whenever the head needs a
+    width the backbone does not give; ``in_dim`` / ``out_dim`` and ``pos_embed`` are filled in.
+    """
+    if given is None and (needs.width is None or needs.width == context.width):
+        return None
+    spec = dict(given or {"type": "linear"})
+    spec.setdefault("type", "linear")
+    if spec.setdefault("in_dim", context.width) != context.width:
+        raise ConfigError(f"projector.in_dim: the backbone gives width {context.width}, the spec says "
+                          f"{spec['in_dim']}; drop the field")
+    out = spec.get("out_dim", needs.width)
+    if out is None:
+        raise ConfigError(f"projector.out_dim: head {head!r} takes any width; set projector.out_dim (or "
+                          "head.context_dim) to the width the projector should produce")
+    if needs.width is not None and out != needs.width:
+        raise ConfigError(f"projector.out_dim: head {head!r} needs width {needs.width}, the projector gives "
+                          f"{out}; drop projector.out_dim")
+    spec["out_dim"] = out
+    return _fill("projector", spec, PROJECTORS.config_class(spec["type"]), {"pos_embed": context.pos_embed})
+
+
+@POLICIES.register("vla")
+class VLAPolicy(Policy):
+    """A robot policy composed of registered components (backbone, optional projector, head).
 
     Inputs are raw batches (robot units, images in [0, 1]); ``predict_action_chunk`` returns
     (B, H, A) in robot units.
     """
 
+    config_class = PolicyConfig
+
     def __init__(self, config: PolicyConfig | Mapping[str, Any]) -> None:
-        super().__init__()
-        self.config = config = resolve_config(config)
-        self.input_features = config.inputs
-        self.output_features = config.outputs
-        self.normalizer = Normalizer({**self.input_features, **self.output_features}, config.normalization)
-        self.backbone: Backbone = BACKBONES.build(config.backbone)
-        head_cls = HEADS.get(config.head["type"])
-        head_spec = _fill("head", config.head, head_cls.config_class, self.backbone.context_spec(), "the backbone gives")
-        context_dim = head_spec.get("context_dim") if "context_dim" in head_cls.config_class.field_names() else None
-        self.projector: nn.Module | None = None
-        if config.projector is not None or (context_dim is not None and context_dim != self.backbone.output_dim):
-            if context_dim is None:
-                raise ConfigError(
-                    "projector: set head.context_dim to the width the projector should produce "
-                    f"(the backbone gives {self.backbone.output_dim})"
-                )
-            spec = dict(config.projector or {"type": "linear"})
-            spec.setdefault("in_dim", self.backbone.output_dim)
-            spec.setdefault("out_dim", context_dim)
-            self.projector = PROJECTORS.build(spec)
-        elif "context_dim" in head_cls.config_class.field_names():
-            head_spec["context_dim"] = self.backbone.output_dim
-        self.config = config = dataclasses.replace(config, head=head_spec)
-        self.head: ActionHead = HEADS.build(head_spec)
-        if self.head.action_dim != self.output_features[ACTION].shape[-1]:
+        super().__init__(config)
+        c = self.config
+        backbone_cls, head_cls = BACKBONES.get(c.backbone["type"]), HEADS.get(c.head["type"])
+        head_config = head_cls.config_class.from_dict(_fields(c.head))
+        needs = head_cls.context_needs(head_config)
+        backbone_config = backbone_cls.configure_for(backbone_cls.config_class.from_dict(_fields(c.backbone)), needs)
+        self.backbone: Backbone = backbone_cls(backbone_config)
+        given = self.backbone.context_spec()
+        if needs.kv and given.kv is None:
             raise ConfigError(
-                f"head.action_dim is {self.head.action_dim} but output_features[{ACTION!r}] has "
-                f"{self.output_features[ACTION].shape[-1]}"
+                f"head {c.head['type']!r} reads per-layer prefix K/V (past_key_values), but backbone "
+                f"{c.backbone['type']!r} gives none; set backbone.type to a backbone that returns them"
             )
-        action_start = config.n_obs_steps - 1 if config.action_start is None else config.action_start
-        n_action_steps = config.n_action_steps or self.head.horizon - action_start
-        if n_action_steps < 1 or action_start + n_action_steps > self.head.horizon:
-            after = f" starting at action_start {action_start}" if action_start else ""
+        projector = projector_spec(c.projector, given, needs, c.head["type"])
+        self.projector: nn.Module | None = None if projector is None else PROJECTORS.build(projector)
+        context = given if projector is None else dataclasses.replace(given, width=projector["out_dim"])
+        head_config = head_cls.configure_for(head_config, context)
+        needs = head_cls.context_needs(head_config)
+        if needs.fixed_tokens and context.num_tokens is None:
             raise ConfigError(
-                f"n_action_steps: expected <= the head's horizon {self.head.horizon}, received {n_action_steps}{after}"
+                f"head {c.head['type']!r} needs a fixed number of context tokens, but backbone "
+                f"{c.backbone['type']!r} gives a number that varies with the input; change the head's "
+                "pooling (see its config) or the backbone"
             )
-        self.n_action_steps = n_action_steps
-        self._queue = ActionQueue(n_action_steps, start=action_start)
-        self._ensembler = (
-            TemporalEnsembler(config.temporal_ensemble_coeff, self.head.horizon)
-            if config.temporal_ensemble_coeff is not None
-            else None
+        self.head: ActionHead = head_cls(head_config)
+        if self.head.action_dim != self.action_dim:
+            raise ConfigError(
+                f"head.action_dim is {self.head.action_dim} but output_features[{ACTION!r}] has {self.action_dim}"
+            )
+        self.horizon = self.head.horizon
+        self.config = dataclasses.replace(
+            c,
+            backbone=_spec(c.backbone["type"], backbone_config),
+            head=_spec(c.head["type"], head_config),
+            projector=projector,
         )
-        self._obs_history: dict[str, collections.deque] = {}
+        self.context = context  # what the head receives
+        self._action_selection()  # n_action_steps against the horizon, at build time
         self._apply_freezing()
 
     # ----------------------------------------------------------------- building
+    @classmethod
+    def build_config(cls, data: Mapping[str, Any]) -> PolicyConfig:
+        return resolve_config(data)
+
     @classmethod
     def from_config(cls, config: PolicyConfig | Mapping[str, Any]) -> VLAPolicy:
         return cls(config)
@@ -230,120 +227,27 @@ class VLAPolicy(nn.Module):
         return {**self.backbone.training_defaults, **self.head.training_defaults}
 
     # ----------------------------------------------------------------- running
-    def _prepare(self, batch: Batch, *, training: bool) -> dict[str, Any]:
-        features = dict(self.input_features)
-        if training:
-            if ACTION not in batch:
-                raise ValueError(f"missing batch key {ACTION!r}: training needs the target chunk (B, H, A)")
-            features.update(self.output_features)
-        validate_batch(batch, features, n_obs_steps=self.config.n_obs_steps, horizon=self.head.horizon)
-        return self.normalizer.normalize_batch(batch)
-
     def encode(self, batch: Batch) -> BackboneOutput:
-        """Normalized batch -> context (projected to the head's width when a projector is set)."""
+        """Normalized batch -> context (features and positions projected when a projector is set)."""
         context = self.backbone(batch)
         if self.projector is not None:
-            context = dataclasses.replace(context, features=self.projector(context.features))
+            features, pos_embed = self.projector(context.features, context.pos_embed)
+            context = dataclasses.replace(context, features=features, pos_embed=pos_embed)
         return context
 
-    def forward(self, batch: Batch) -> HeadOutput:
-        """Training: loss of the head on the normalized target ``batch["action"]`` (B, H, A)."""
-        nbatch = self._prepare(batch, training=True)
+    def compute_loss(self, nbatch: Batch) -> HeadOutput:
         return self.head(self.encode(nbatch), nbatch)
 
-    @torch.no_grad()
-    def predict_action_chunk(
-        self, batch: Batch, *, noise: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """(B, H, A) actions in robot units. ``noise`` (B, H, A) seeds generative heads."""
-        nbatch = self._prepare(batch, training=False)
-        if noise is not None:
-            want = (noise.shape[0], self.head.horizon, self.head.action_dim)
-            if tuple(noise.shape) != want:
-                raise ValueError(f"noise: expected shape {want}, received {tuple(noise.shape)}")
-        chunk = self.head.predict_action(self.encode(nbatch), nbatch, noise=noise, generator=generator)
-        return self.normalizer.unnormalize(ACTION, chunk)
-
-    def _with_history(self, batch: Batch) -> Batch:
-        """Stack the last n_obs_steps single-step observations into (B, T, ...) windows."""
-        t = self.config.n_obs_steps
-        if t == 1:
-            return batch
-        out = dict(batch)
-        for key, feature in self.input_features.items():
-            value = batch.get(key)
-            if not isinstance(value, Tensor) or value.dim() != len(feature.shape) + 1:
-                continue  # already a window (B, T, ...) or not a tensor
-            history = self._obs_history.setdefault(key, collections.deque(maxlen=t))
-            if not history:
-                history.extend([value] * t)
-            else:
-                history.append(value)
-            out[key] = torch.stack(list(history), dim=1)
-        return out
-
-    @torch.no_grad()
-    def select_action(self, batch: Batch, *, generator: torch.Generator | None = None) -> Tensor:
-        """One action (B, A) for this control step, from the queue or the temporal ensemble."""
-        batch = self._with_history(batch)
-        if self._ensembler is not None:
-            return self._ensembler.update(self.predict_action_chunk(batch, generator=generator))
-        if len(self._queue) == 0:
-            self._queue.push(self.predict_action_chunk(batch, generator=generator))
-        return self._queue.pop()
-
-    def reset(self) -> None:
-        """Forget queued actions and observation history (call at the start of an episode)."""
-        self._queue.reset()
-        self._obs_history.clear()
-        if self._ensembler is not None:
-            self._ensembler.reset()
+    def sample_chunk(self, nbatch: Batch, *, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        return self.head.predict_action(self.encode(nbatch), nbatch, noise=noise, generator=generator)
 
     # ----------------------------------------------------------------- saving
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (weights and normalization stats).
-
-        Fields that only pointed at initial weight files (``weight_source_fields``) are saved as
-        None: the directory is self-contained.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_safetensors(self.state_dict(), directory / WEIGHTS_NAME, metadata={"format": "pt"})
+    def config_to_save(self) -> dict[str, Any]:
+        """Fields that only pointed at initial weight files (``weight_source_fields``) become None: the
+        saved directory is self-contained."""
         config = self.config.to_dict()
         for key, component in (("backbone", self.backbone), ("head", self.head)):
             for name in component.weight_source_fields:  # the weights are in model.safetensors now
                 if config[key].get(name) is not None:
                     config[key][name] = None
-        text = json.dumps(config, indent=2, sort_keys=True)
-        atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
-        return directory
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path_or_repo_id: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        strict: bool = True,
-        **config_overrides: Any,
-    ) -> VLAPolicy:
-        """Load a local directory or a hub repo id (safetensors only; no pickle, no remote code).
-
-        The policy comes back in eval mode (dropout off), ready for inference, as transformers'
-        ``from_pretrained``; call ``.train()`` to fine-tune.
-        """
-        directory = Path(path_or_repo_id)
-        if not directory.is_dir():
-            from huggingface_hub import snapshot_download
-
-            directory = Path(
-                snapshot_download(str(path_or_repo_id), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
-            )
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path} not found: not a vla policy directory")
-        config = json.loads(config_path.read_text())
-        config.update(config_overrides)
-        policy = cls(config)
-        load_checkpoint(policy, directory / WEIGHTS_NAME, strict=strict)
-        return policy.eval()
+        return config

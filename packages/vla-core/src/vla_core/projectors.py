@@ -1,9 +1,16 @@
-"""The built-in projectors: ``linear`` and ``mlp`` (2-layer GELU)."""
+"""The built-in projectors: ``linear`` and ``mlp`` (2-layer GELU).
+
+Both map context tokens (B, T, in_dim) -> (B, T, out_dim) and the backbone's positions with them,
+so a head that adds ``pos_embed`` to its queries and keys sees positions of its own width.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vla_core.config import ComponentConfig, check_positive
@@ -23,11 +30,13 @@ class LinearProjectorConfig(ComponentConfig):
 @dataclass(frozen=True, kw_only=True)
 class MLPProjectorConfig(LinearProjectorConfig):
     hidden_dim: int | None = None  # defaults to out_dim
+    pos_embed: bool = False  # the backbone gives positions: project them (filled by the policy)
 
 
 @PROJECTORS.register("linear")
 class LinearProjector(Projector):
-    """(B, T, in_dim) -> (B, T, out_dim) by one linear layer."""
+    """(B, T, in_dim) -> (B, T, out_dim) by ``x W^T + b``; positions by ``pos W^T`` (no bias), so that
+    projected features plus projected positions equal the projection of their sum."""
 
     config_class = LinearProjectorConfig
 
@@ -35,15 +44,25 @@ class LinearProjector(Projector):
         super().__init__()
         self.config = config
         self.in_dim, self.out_dim = config.in_dim, config.out_dim
-        self.proj = nn.Linear(config.in_dim, config.out_dim)
+        self.weight = nn.Parameter(torch.empty(config.out_dim, config.in_dim))
+        self.bias = nn.Parameter(torch.empty(config.out_dim))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's initialisation
+        bound = 1 / math.sqrt(config.in_dim)
+        nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x)
+    @classmethod
+    def tiny_config(cls, workdir) -> dict:
+        return {"in_dim": 8, "out_dim": 4}
+
+    def forward(self, features: Tensor, pos_embed: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        projected = F.linear(features, self.weight, self.bias)
+        return projected, None if pos_embed is None else F.linear(pos_embed, self.weight)
 
 
 @PROJECTORS.register("mlp")
 class MLPProjector(Projector):
-    """(B, T, in_dim) -> (B, T, out_dim) by Linear -> GELU -> Linear."""
+    """(B, T, in_dim) -> (B, T, out_dim) by Linear -> GELU -> Linear; positions (when the backbone
+    gives them) by a bias-free linear map of their own."""
 
     config_class = MLPProjectorConfig
 
@@ -53,6 +72,14 @@ class MLPProjector(Projector):
         self.in_dim, self.out_dim = config.in_dim, config.out_dim
         hidden = config.hidden_dim or config.out_dim
         self.net = nn.Sequential(nn.Linear(config.in_dim, hidden), nn.GELU(), nn.Linear(hidden, config.out_dim))
+        self.pos_proj = nn.Linear(config.in_dim, config.out_dim, bias=False) if config.pos_embed else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+    @classmethod
+    def tiny_config(cls, workdir) -> dict:
+        return {"in_dim": 8, "out_dim": 4, "hidden_dim": 6}
+
+    def forward(self, features: Tensor, pos_embed: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        if pos_embed is not None and self.pos_proj is None:
+            raise ValueError("mlp projector: the context carries pos_embed but the projector was built with "
+                             "pos_embed=False; build it with pos_embed=True")
+        return self.net(features), None if pos_embed is None else self.pos_proj(pos_embed)

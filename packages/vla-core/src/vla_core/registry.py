@@ -1,7 +1,7 @@
 """Name -> component registries, filled by decorators and by entry points.
 
 Packages advertise components in their metadata (entry-point groups ``vla.backbones``,
-``vla.heads``, ``vla.projectors``; value ``"module:Class"``), so listing names imports nothing
+``vla.heads``, ``vla.projectors``, and ``vla.policies`` for whole policies; value ``"module:Class"``), so listing names imports nothing
 and a plugin package is found without anyone importing it first. A class registered with the
 decorator must declare ``config_class`` (a :class:`~vla_core.config.ComponentConfig`).
 """
@@ -104,6 +104,7 @@ class Registry(Generic[T]):
 BACKBONES: Registry = Registry("backbone", "vla.backbones")
 HEADS: Registry = Registry("head", "vla.heads")
 PROJECTORS: Registry = Registry("projector", "vla.projectors")
+POLICIES: Registry = Registry("policy", "vla.policies")
 
 
 def build_backbone(spec: Mapping[str, Any], **overrides: Any):

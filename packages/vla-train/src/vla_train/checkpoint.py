@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
-from vla_core import CheckpointError, VLAPolicy
+from vla_core import CheckpointError, build_policy
 
 from vla_train.distributed import World
 
@@ -153,6 +153,6 @@ def export_pretrained(
             state[name] = full.detach().cpu()
     if not world.is_main:
         return None
-    policy = VLAPolicy.from_config(policy_config)
+    policy = build_policy(policy_config)
     policy.load_state_dict(state, strict=True)
     return policy.save_pretrained(directory)

@@ -3,8 +3,9 @@
 A run is described by one YAML file whose top level is ``policy``, ``data``, ``optim``,
 ``schedule``, ``parallel``, ``checkpoint``, ``log``, ``eval`` and the scalars ``steps``,
 ``batch_size`` (global, over all ranks and accumulation steps), ``seed`` and ``output_dir``.
-``policy`` is a :class:`vla_core.PolicyConfig` mapping (its features may be left out: the
-dataset supplies them); ``data`` is ``{type: name, ...}`` for :func:`vla_train.data.build_dataset`.
+``policy`` is ``{type: name, ...}`` for a registered policy (``type`` defaults to ``vla``, whose fields
+are a :class:`vla_core.PolicyConfig`; the features may be left out: the dataset supplies them);
+``data`` is ``{type: name, ...}`` for :func:`vla_train.data.build_dataset`.
 Unknown keys fail with the key's dotted name and the valid ones.
 """
 
@@ -76,9 +77,10 @@ class ParallelConfig(ComponentConfig):
     ``fsdp=None`` shards when more than one process runs. ``mixed_precision``: ``auto`` is ``none``
     on CPU and, on GPU, ``fsdp`` (FSDP2 MixedPrecisionPolicy: bf16 parameters, fp32 gradient
     reduction) when sharding a model without floating-point buffers, else ``autocast`` (fp32
-    parameters and reduction, bf16 compute under torch.autocast). ``retain_host_memory``: glibc's
-    malloc keeps freed memory for the next step instead of returning (and re-faulting) it
-    (:mod:`vla_train.host_memory`; ~15 % faster CPU steps, resident memory stays at its peak).
+    parameters and reduction, bf16 compute under torch.autocast). ``retain_host_memory`` (opt-in):
+    glibc's malloc keeps freed memory for the next step instead of returning (and re-faulting) it
+    (:mod:`vla_train.host_memory`; faster CPU steps, resident memory stays at its peak). Off by
+    default: a library does not change the process's allocator unasked.
     """
 
     device: str = "auto"
@@ -87,7 +89,7 @@ class ParallelConfig(ComponentConfig):
     activation_checkpointing: bool = False
     cpu_offload: bool = False
     reshard_after_forward: bool = True
-    retain_host_memory: bool = True
+    retain_host_memory: bool = False
 
     def __post_init__(self) -> None:
         check_choice("parallel", "device", self.device, ("auto", "cpu", "cuda"))

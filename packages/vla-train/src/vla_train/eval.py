@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from vla_core import VLAPolicy
+from vla_core import Policy, load_policy
 
 from vla_train.data import build_dataset
 
@@ -31,7 +31,7 @@ def resolve_policy_dir(path: str | Path) -> Path:
 
 
 @torch.no_grad()
-def rollout(policy: VLAPolicy, env, *, record: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+def rollout(policy: Policy, env, *, record: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
     """Run one batch of episodes; returns success (N,) bool and, if ``record``, frames of env 0."""
     policy.eval()
     policy.reset()
@@ -59,7 +59,7 @@ def evaluate(path: str | Path, *, episodes: int, seed: int = 100_000, batch_size
     dataset = build_dataset(data_spec)
     if not hasattr(dataset, "make_env"):
         raise ValueError(f"dataset type {data_spec['type']!r} has no closed-loop environment to evaluate in")
-    policy = VLAPolicy.from_pretrained(policy_dir)
+    policy = load_policy(policy_dir)
     results, frames = [], []
     done = 0
     while done < episodes:

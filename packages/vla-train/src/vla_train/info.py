@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vla_core import VLAPolicy
+from vla_core import Policy, load_policy
 
 from vla_train.eval import resolve_policy_dir
 
 
 def describe(path: str | Path) -> str:
     policy_dir = resolve_policy_dir(path)
-    policy = VLAPolicy.from_pretrained(policy_dir)
+    policy = load_policy(policy_dir)
     lines = [f"policy: {policy_dir}", "config:", json.dumps(policy.config.to_dict(), indent=2, sort_keys=True),
              "parameters:"]
     total = trainable = 0

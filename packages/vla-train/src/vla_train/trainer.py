@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from vla_core import ACTION, ConfigError, FeatureType, VLAPolicy
+from vla_core import ACTION, ConfigError, FeatureType, Policy, build_policy
 
 from vla_train.checkpoint import Checkpointer, ModelAndOptimizer, RNGState, export_pretrained
 from vla_train.config import TrainConfig, save_config
@@ -47,7 +47,8 @@ class TrainState:
 
 
 def policy_spec(config: TrainConfig, dataset) -> dict[str, Any]:
-    """The policy config with the dataset's features filled in where the YAML leaves them out."""
+    """The policy spec (``type`` defaults to the generic ``vla``) with the dataset's features filled in
+    where the YAML leaves them out."""
     spec = dict(config.policy)
     features = {k: v.to_dict() for k, v in dataset.features.items()}
     spec.setdefault("input_features", {k: v for k, v in features.items() if v["type"] != FeatureType.ACTION.value})
@@ -78,12 +79,13 @@ class Trainer:
         torch.manual_seed(config.seed)  # same initial weights on every rank
 
         self.dataset = build_dataset(config.data)
-        self.policy = VLAPolicy.from_config(policy_spec(config, self.dataset))
+        self.policy: Policy = build_policy(policy_spec(config, self.dataset))
         check_features(self.policy.input_features, self.policy.output_features, self.dataset.features,
                        str(config.data["type"]))
-        self.config = config = config.replace(policy=self.policy.config.to_dict())
+        self.config = config = config.replace(policy={"type": self.policy.registered_name,
+                                                       **self.policy.config.to_dict()})
         self.dataset.set_delta_indices(config.data.get("delta_indices") or policy_delta_indices(
-            self.dataset.features, self.policy.config.n_obs_steps, self.policy.head.horizon))
+            self.dataset.features, self.policy.config.n_obs_steps, self.policy.horizon))
         if not self.resuming:  # a resumed run reads its stats from the checkpoint
             self.policy.normalizer.set_stats(compute_stats(
                 self.dataset, max_frames=self.dataset.config.stats_frames, seed=config.seed))
@@ -105,7 +107,7 @@ class Trainer:
         self.resumed_from = self.checkpointer.load(self.state()) if self.resuming else None
 
     # ------------------------------------------------------------------ building
-    def parallelize(self, policy: VLAPolicy) -> torch.nn.Module:
+    def parallelize(self, policy: Policy) -> torch.nn.Module:
         cfg = self.config.parallel
         mode = cfg.mixed_precision
         if mode == "auto":
