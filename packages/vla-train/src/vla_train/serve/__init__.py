@@ -22,7 +22,14 @@ from vla_train.serve.observations import (
     load_obs_map,
 )
 from vla_train.serve.protocol import ProtocolError, action_reply, packb, unpackb
-from vla_train.serve.server import PolicyServer, ServerStats, Session, policy_metadata, read_api_key, resolve_device
+from vla_train.serve.server import (
+    PolicyServer,
+    ServerStats,
+    Session,
+    policy_metadata,
+    read_api_key,
+    resolve_device,
+)
 
 __all__ = [
     "PROMPT",

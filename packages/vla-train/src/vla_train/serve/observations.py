@@ -151,7 +151,7 @@ class ObservationAdapter:
                 raise fail(_describe(value))
             out = value.astype(np.float32)
             self._check_finite(out, fail)
-            lo, hi = float(out.min(initial=0.0)), float(out.max(initial=0.0))
+            lo, hi = float(out.min()), float(out.max())
             if lo < 0.0 or hi > 1.0:
                 raise fail(f"values in [{lo:g}, {hi:g}]", "a float image with values in [0, 1]")
             return out

@@ -32,7 +32,13 @@ import torch
 from vla_core import Policy, load_policy
 from vla_core.errors import ConfigError, require
 
-from vla_train.serve.observations import ObservationAdapter, ObservationHistory, Sample, build_obs_map, collate
+from vla_train.serve.observations import (
+    ObservationAdapter,
+    ObservationHistory,
+    Sample,
+    build_obs_map,
+    collate,
+)
 from vla_train.serve.protocol import CONTROL_KEY, ProtocolError, action_reply, error_text, packb, unpackb
 
 logger = logging.getLogger(__name__)
@@ -176,7 +182,7 @@ class PolicyServer:
             self._thread.join(timeout)
             self._thread = None
 
-    def __enter__(self) -> PolicyServer:
+    def __enter__(self) -> PolicyServer:  # noqa: PYI034 - Self needs Python 3.11
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -241,7 +247,7 @@ class PolicyServer:
             future = asyncio.get_running_loop().create_future()
             await self._queue.put((sample, future))
             actions, policy_ms, batch_size = await future
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any failure is this request's error reply; the server serves on
             self.stats.errors += 1
             log = logger.info if isinstance(err, ValueError) else logger.exception
             log("session %d: request %d rejected: %s", session.id, session.requests, err)
@@ -270,7 +276,7 @@ class PolicyServer:
                 items.append(self._queue.get_nowait())
             try:
                 results = await loop.run_in_executor(self._executor, self._infer, [s for s, _ in items])
-            except Exception as err:  # the executor itself failed: answer everyone, keep batching
+            except Exception as err:  # noqa: BLE001 - the executor itself failed: answer everyone, keep batching
                 results = [err] * len(items)
             self.stats.batch_sizes[len(items)] += 1
             for (_, future), result in zip(items, results):
@@ -292,7 +298,7 @@ class PolicyServer:
             chunk = chunk.float().cpu().numpy()
             policy_ms = (time.perf_counter() - start) * 1e3
             return [(c, policy_ms, len(samples)) for c in chunk]
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - reported to the request(s) it belongs to
             if len(samples) == 1:
                 return [err]
             return [self._infer([s])[0] for s in samples]
