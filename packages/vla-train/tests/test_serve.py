@@ -230,8 +230,11 @@ def test_vla_serve_command_on_a_trained_run(tmp_path):
     proc = run_vla(["serve", str(run_dir), "--port", "0", "--device", "cpu", "--api-key-env", "ROBOT_KEY",
                     "--obs-map", str(tmp_path / "map.json")], env={"ROBOT_KEY": "k-123"})
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving "), line + proc.stdout.read()
+        lines = []
+        while not (lines and lines[-1].startswith("serving ")):  # stdout carries stderr too
+            lines.append(proc.stdout.readline())
+            assert lines[-1], "".join(lines)  # the command ended before serving
+        line = lines[-1]
         port = int(line.split("ws://127.0.0.1:")[1].split(" ")[0])
         client = WebsocketClientPolicy("127.0.0.1", port, api_key="k-123")
         size = policy.input_features["observation.images.top"].shape[-1]

@@ -198,6 +198,9 @@ class PolicyServer:
             async with ws_server.serve(self._handle, self.host, self.port, process_request=self._process_request,
                                        max_size=self.max_message_bytes, compression=None) as server:
                 self.port = server.sockets[0].getsockname()[1]
+                if self._api_key is None and self.host not in ("127.0.0.1", "localhost", "::1"):
+                    logger.warning("serving on %s without an API key: anyone who reaches port %d can drive "
+                                   "this policy (set --api-key-env)", self.host, self.port)
                 if on_ready is not None:
                     on_ready(self)
                 await self._stopping.wait()
