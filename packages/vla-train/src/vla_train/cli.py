@@ -30,19 +30,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from vla_train.serve import PolicyServer, load_obs_map, read_api_key
+    from vla_train.serve import serve
 
-    obs_map = load_obs_map(args.obs_map) if args.obs_map else None
-    server = PolicyServer.from_path(args.path, device=args.device, host=args.host, port=args.port,
-                                    api_key=read_api_key(args.api_key_env), obs_map=obs_map)
-
-    def ready(s: PolicyServer) -> None:
-        print(f"serving {args.path} on ws://{s.host}:{s.port} ({s.device}); health check: /healthz", flush=True)
-
-    try:
-        server.serve_forever(on_ready=ready)
-    except KeyboardInterrupt:
-        pass
+    serve(args.path, host=args.host, port=args.port, device=args.device, api_key_env=args.api_key_env,
+          obs_map=args.obs_map)
     return 0
 
 

@@ -29,6 +29,7 @@ from vla_train.serve.server import (
     policy_metadata,
     read_api_key,
     resolve_device,
+    serve,
 )
 
 __all__ = [
@@ -48,5 +49,6 @@ __all__ = [
     "policy_metadata",
     "read_api_key",
     "resolve_device",
+    "serve",
     "unpackb",
 ]

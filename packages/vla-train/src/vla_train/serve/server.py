@@ -38,6 +38,7 @@ from vla_train.serve.observations import (
     Sample,
     build_obs_map,
     collate,
+    load_obs_map,
 )
 from vla_train.serve.protocol import CONTROL_KEY, ProtocolError, action_reply, error_text, packb, unpackb
 
@@ -312,3 +313,24 @@ def _authorized(header: str | None, api_key: str) -> bool:
     scheme, _, token = (header or "").strip().partition(" ")
     ok = hmac.compare_digest(token.strip().encode(), api_key.encode())
     return ok and scheme.lower() in API_KEY_SCHEMES
+
+
+def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+          api_key_env: str | None = None, obs_map: str | Mapping[str, str] | None = None, **kwargs: Any) -> None:
+    """``vla serve``: load the policy at ``path`` (run or policy directory) and serve it until interrupted.
+
+    ``obs_map`` is a mapping, inline JSON or a JSON / YAML file; ``api_key_env`` names the environment
+    variable holding the API key. Prints ``serving PATH on ws://HOST:PORT ...`` once listening.
+    """
+    if isinstance(obs_map, (str, Path)):
+        obs_map = load_obs_map(obs_map)
+    server = PolicyServer.from_path(path, device=device, host=host, port=port, api_key=read_api_key(api_key_env),
+                                    obs_map=obs_map, **kwargs)
+
+    def ready(s: PolicyServer) -> None:
+        print(f"serving {path} on ws://{s.host}:{s.port} ({s.device}); health check: /healthz", flush=True)
+
+    try:
+        server.serve_forever(on_ready=ready)
+    except KeyboardInterrupt:
+        pass
