@@ -1,4 +1,4 @@
-"""The ``vla`` command: ``train``, ``eval``, ``info`` and ``convert lerobot``.
+"""The ``vla`` command: ``train``, ``eval``, ``serve``, ``info`` and ``convert lerobot``.
 
 ``vla train CONFIG.yaml [--set key.sub=value ...] [--resume]`` also runs under
 ``torchrun --nproc-per-node N -m vla_train train ...``. Known errors print one line and exit 2.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vla_core import CheckpointError, ConfigError, UnknownComponentError
+from vla_core import CheckpointError, ConfigError, MissingExtraError, UnknownComponentError
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -26,6 +26,14 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate(args.path, episodes=args.episodes, seed=args.seed, save_video=args.save_video)
     print(f"eval.json: {result['policy']}/eval.json")
     print(f"success_rate: {result['success_rate']:.3f}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from vla_train.serve import serve
+
+    serve(args.path, host=args.host, port=args.port, device=args.device, api_key_env=args.api_key_env,
+          obs_map=args.obs_map)
     return 0
 
 
@@ -66,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=100_000)
     ev.add_argument("--save-video", action="store_true", help="write eval.gif and eval.png of one episode")
     ev.set_defaults(func=_eval)
+    serve = sub.add_parser("serve", help="serve a policy over the openpi websocket protocol (openpi-client)")
+    serve.add_argument("path", help="a run directory or a pretrained policy directory")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    serve.add_argument("--api-key-env", metavar="NAME", help="require the API key held by this environment variable")
+    serve.add_argument("--obs-map", metavar="JSON_OR_FILE",
+                       help='client key -> policy feature, e.g. \'{"observation/image": "observation.images.top"}\'')
+    serve.set_defaults(func=_serve)
     info = sub.add_parser("info", help="config, parameter counts and normalization stats of a policy")
     info.add_argument("path")
     info.set_defaults(func=_info)
@@ -92,6 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, UnknownComponentError, FileNotFoundError, CheckpointError, TrainingDivergedError,
-            ValueError) as err:
+            ValueError, MissingExtraError) as err:
         print(f"vla {args.command}: error: {err}", file=sys.stderr)
         return 2
