@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def _wait_for_checkpoint(proc, latest: Path, timeout: float = 240) -> None:
 
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, nproc):
-    cfg = tiny_config(tmp_path / "killed", steps=10, checkpoint={"every": 3, "keep_last": 1})
+    # EMA on: its DTensor shadows are gathered and re-sharded too (the export holds them)
+    cfg = tiny_config(tmp_path / "killed", steps=10, checkpoint={"every": 3, "keep_last": 1},
+                      optim={"lr": 1e-3, "ema": True})
     path = write_config(tmp_path / "c.yaml", cfg)
     launch = nproc if nproc > 1 else 0
     if nproc == 1:
@@ -71,3 +74,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, nproc):
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+    # metrics.jsonl was cut back to the checkpoint's step on resume: every step once, in order
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 11))
+    ckpt = tmp_path / "killed" / "checkpoints" / "step_00000010"
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(
+        ["checkpoint.json", "state.json", "state.safetensors", *(f"rank_{r:05d}.json" for r in range(nproc))])
