@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from vla_core import ACTION, ConfigError, FeatureType, Policy, build_policy
+from vla_core.features import DECLARED_PREFIXES, PAD_SUFFIX
 
 from vla_train.checkpoint import Checkpointer, ModelAndOptimizer, RNGState, export_pretrained
 from vla_train.config import TrainConfig, save_config
@@ -161,8 +162,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch on the device, without the observations the policy does not declare (a dataset may
+        hold more cameras or states than the policy reads; the policy refuses undeclared ones)."""
+        declared = self.policy.input_features
         return {k: v.to(self.world.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                for k, v in batch.items()}
+                for k, v in batch.items()
+                if not k.startswith(DECLARED_PREFIXES) or k.removesuffix(PAD_SUFFIX) in declared}
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns rank-averaged metrics."""
