@@ -365,8 +365,18 @@ class Checkpointer:
                 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
                 dcp.load(legacy, checkpoint_id=str(path))
         except (Exception, CheckpointException) as err:  # DCP wraps per-rank failures; name the checkpoint
-            raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
+            raise CheckpointError(f"cannot load checkpoint {path}: {describe_error(err)}") from err
         return path
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for an error; torch's ``CheckpointException`` (a traceback per rank) becomes
+    ``rank R: Type: message`` for each failed rank."""
+    failures = getattr(err, "failures", None)
+    if isinstance(failures, dict) and failures:
+        parts = [f"rank {rank}: {type(exc).__name__}: {exc}" for rank, (exc, _) in sorted(failures.items())]
+        return " ".join(f"torch.distributed.checkpoint failed on {'; '.join(parts)}".split())
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def full_state_dict(model: nn.Module, *, sharded: bool) -> dict[str, torch.Tensor]:

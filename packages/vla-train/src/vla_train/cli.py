@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except user_errors() as err:
-        text = " ".join(str(err).split()) or type(err).__name__
-        print(f"vla {args.command}: error: {text}", file=sys.stderr)
+        from vla_train.checkpoint import describe_error
+
+        print(f"vla {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 2
