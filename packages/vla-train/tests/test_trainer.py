@@ -174,3 +174,17 @@ def test_feature_mismatch_and_existing_run_are_clear_errors(tmp_path, capsys):
     Trainer(cfg).train()
     with pytest.raises(ConfigError, match="already holds checkpoints: pass --resume"):
         Trainer(cfg)
+
+
+def test_observations_the_policy_does_not_declare_stay_out_of_its_batches(tmp_path):
+    # a dataset may hold more cameras and states than the policy reads; the policy refuses undeclared ones
+    trainer = Trainer(make(tmp_path, steps=1))
+    batch = {k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else [v] for k, v in trainer.dataset[0].items()}
+    extra = {**batch, "observation.images.side": batch["observation.images.top"],
+             "observation.images.side_is_pad": torch.zeros(1, 1, dtype=torch.bool),
+             "observation.state_2": batch["observation.state"]}
+    with pytest.raises(ValueError, match="'observation.images.side' is not a declared input feature"):
+        trainer.model(extra)
+    sent = trainer._to_device(extra)
+    assert sent.keys() == batch.keys()
+    assert torch.isfinite(trainer.model(sent).loss)

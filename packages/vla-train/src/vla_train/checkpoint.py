@@ -145,13 +145,14 @@ def _copy_into(target: Any, value: torch.Tensor, where: str) -> torch.Tensor:
     return target
 
 
-def _decode(saved: Any, target: Any, where: str, tensors: Any) -> Any:
-    """Rebuild a tree from its JSON form, copying tensors into ``target``'s matching tensors in place."""
+def _decode(saved: Any, target: Any, where: str, tensors: tuple[Any, set[str]] | None) -> Any:
+    """Rebuild a tree from its JSON form, copying tensors into ``target``'s matching tensors in place.
+    ``tensors``: the open ``state.safetensors`` and its tensor names (None for the rank files)."""
     if isinstance(saved, dict) and TENSOR_REF in saved:
         name = saved[TENSOR_REF]
-        if tensors is None or name not in tensors.keys():
+        if tensors is None or name not in tensors[1]:
             raise CheckpointError(f"checkpoint tensor {where}: missing from {TENSORS}")
-        return _copy_into(target, tensors.get_tensor(name), where)
+        return _copy_into(target, tensors[0].get_tensor(name), where)
     if isinstance(saved, dict) and INLINE in saved:
         return _copy_into(target, load_bytes(base64.b64decode(saved[INLINE]))["t"], where)
     if isinstance(saved, dict):
@@ -304,19 +305,21 @@ class Checkpointer:
         if not (path / MANIFEST).is_file() and (path / LEGACY_METADATA).is_file():
             return self._load_legacy(state, path)
         self._check(path)
-        own_path = path / rank_file(self.world.rank)
-        shared, own = _read_json(path / STATE), _read_json(own_path)
-        try:
-            with safe_open(str(path / TENSORS), framework="pt") as tensors:
-                loaded = {key: (obj, _decode(shared[key], obj.state_dict(), key, tensors))
-                          for key, obj in state.items() if not getattr(obj, "per_rank", False) and key in shared}
-        except SafetensorError as err:
-            raise CheckpointError(f"{path / TENSORS}: not a readable safetensors file ({err})") from None
+        shared, own = _read_json(path / STATE), _read_json(path / rank_file(self.world.rank))
+        if not (isinstance(shared, dict) and isinstance(own, dict)):
+            raise CheckpointError(f"checkpoint {path}: {STATE} and the rank files must hold JSON objects")
         missing = [k for k, o in state.items() if k not in (own if getattr(o, "per_rank", False) else shared)]
         if missing:
             raise CheckpointError(f"checkpoint {path} lacks {missing} (holds {sorted(shared)} and, per rank, "
                                   f"{sorted(own)})")
-        for obj, value in loaded.values():
+        try:
+            with safe_open(str(path / TENSORS), framework="pt") as handle:
+                tensors = (handle, set(handle.keys()))
+                loaded = [(obj, _decode(shared[key], obj.state_dict(), key, tensors))
+                          for key, obj in state.items() if not getattr(obj, "per_rank", False)]
+        except SafetensorError as err:
+            raise CheckpointError(f"{path / TENSORS}: not a readable safetensors file ({err})") from None
+        for obj, value in loaded:
             obj.load_state_dict(value)
         for key, obj in state.items():  # per-rank state (RNG) last: nothing draws from it after
             if getattr(obj, "per_rank", False):

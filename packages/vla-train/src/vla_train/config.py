@@ -98,7 +98,8 @@ class ParallelConfig(ComponentConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class CheckpointConfig(ComponentConfig):
-    """DCP checkpoints every ``every`` steps (0: only at the end), keeping the last ``keep_last``."""
+    """Training checkpoints (:mod:`vla_train.checkpoint`) every ``every`` steps and at the last step (0: none),
+    keeping the last ``keep_last``."""
 
     every: int = 1000
     keep_last: int = 2
