@@ -120,6 +120,17 @@ def test_latest_must_name_a_checkpoint_of_the_run(tmp_path, pointer):
         Trainer(cfg, resume=True)
 
 
+def test_latest_must_not_lead_outside_through_a_link(tmp_path):
+    cfg = make(tmp_path, steps=2, checkpoint={"every": 2})
+    train(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    (tmp_path / "elsewhere").mkdir()
+    (ckpts / "step_00000009").symlink_to(tmp_path / "elsewhere")
+    (ckpts / "latest").write_text("step_00000009\n")
+    with pytest.raises(CheckpointError, match=f"resolves to {tmp_path / 'elsewhere'}, outside {ckpts}"):
+        Trainer(cfg, resume=True)
+
+
 def test_damaged_checkpoints_name_the_file(tmp_path):
     cfg = make(tmp_path, steps=2, checkpoint={"every": 2})
     train(cfg)

@@ -208,6 +208,9 @@ class Checkpointer:
             raise CheckpointError(f"{pointer} names {name!r}, which is not a checkpoint of {self.directory} "
                                   "(expected a name like step_00001000 inside it); refusing to follow it")
         path = self.directory / name
+        if path.resolve().parent != self.directory.resolve():
+            raise CheckpointError(f"{pointer} names {name}, which resolves to {path.resolve()}, outside "
+                                  f"{self.directory}; refusing to follow it")
         if not ((path / MANIFEST).is_file() or (path / LEGACY_METADATA).is_file()):
             raise CheckpointError(f"{pointer} names {name}, which is missing or incomplete")
         return path
