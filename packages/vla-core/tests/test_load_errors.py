@@ -12,12 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import SafetensorError
-from vla_test_components import policy_config, set_unit_stats
-
 import vla_core.checkpoint as ckpt
-from vla_core import CheckpointError, CheckpointWriteError, ConfigError, VLAPolicy, load_checkpoint, load_tensors
+from safetensors import SafetensorError
+from vla_core import (
+    CheckpointError,
+    CheckpointWriteError,
+    ConfigError,
+    VLAPolicy,
+    load_checkpoint,
+    load_tensors,
+)
 from vla_core.paths import inside, is_local_path
+from vla_test_components import policy_config, set_unit_stats
 
 SUPPORT = Path(__file__).resolve().parents[3] / "tests" / "support"
 
@@ -180,7 +186,7 @@ def _tmpfs_unavailable() -> str | None:
     if sys.platform != "linux" or shutil.which("unshare") is None:
         return "needs Linux with unshare(1)"
     probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         return f"this machine does not allow mounting a tmpfs in a user namespace: {probe.stderr.strip()}"
     return None
@@ -204,7 +210,7 @@ def test_save_pretrained_on_a_real_full_tmpfs(tmp_path):
     """)
     done = subprocess.run(["unshare", "-rm", "sh", "-c",
                            f"mount -t tmpfs -o size=256k none {mount} && exec {sys.executable} -c \"$0\"", script],
-                          capture_output=True, text=True, timeout=300, env={**os.environ})
+                          capture_output=True, text=True, timeout=300, env={**os.environ}, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["error"] is not None and f"cannot save the policy to {mount / 'p'}" in result["error"]

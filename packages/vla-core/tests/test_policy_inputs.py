@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from vla_test_components import policy_config, set_unit_stats
-
 from vla_core import VLAPolicy
 from vla_core.testing import random_batch
+from vla_test_components import policy_config, set_unit_stats
 
 CAM, STATE = "observation.images.top", "observation.state"
 

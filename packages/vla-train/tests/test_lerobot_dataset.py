@@ -16,13 +16,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vla_core import ConfigError, FeatureType, Normalizer
+from vla_train.data import build_dataset
 from vla_train.data.lerobot import (
     FrameTimestampError,
     LeRobotDataError,
     LeRobotV3Dataset,
     VideoDecodeError,
 )
-from vla_train.data import build_dataset
 from vla_train.data.lerobot.convert_toy import convert_toy, episodes_from_arrays
 
 FPS = 10

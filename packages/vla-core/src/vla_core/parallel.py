@@ -56,8 +56,9 @@ def apply_fsdp2(
 
     ``param_dtype`` / ``reduce_dtype`` set FSDP's mixed precision (e.g. bf16 / fp32 on GPU);
     ``None`` keeps the parameters' dtype. A model with a ``mixed_precision_dtype`` attribute (a
-    :class:`~vla_core.Policy`) gets ``param_dtype`` there: its inputs are cast to it. Methods named in a unit's ``fsdp_forward_methods`` and the
-    root's inference methods are registered with ``register_fsdp_forward_method``.
+    :class:`~vla_core.Policy`) gets ``param_dtype`` there: its inputs are cast to it. Methods named in a
+    unit's ``fsdp_forward_methods`` and the root's inference methods are registered with
+    ``register_fsdp_forward_method``.
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 

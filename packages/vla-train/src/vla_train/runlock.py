@@ -33,7 +33,8 @@ class RunLock:
     def acquire(self) -> RunLock:
         """Take the lock or raise :class:`RunDirectoryInUseError` at once."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # no truncation before the lock is ours
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open: the lock lives as long as the file
+        # ("a+": no truncation before the lock is ours)
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

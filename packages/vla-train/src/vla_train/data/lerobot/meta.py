@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from vla_core import FeatureType, PolicyFeature
 from vla_core.errors import require
-from vla_core.paths import inside
 from vla_core.features import ACTION, OBS_ENV_STATE, OBS_STATE, TASK
+from vla_core.paths import inside
 
 CODEBASE_VERSION = "v3.0"
 INFO_PATH = "meta/info.json"
