@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import time
 from pathlib import Path
 
@@ -47,7 +49,9 @@ def _wait_for_checkpoint(proc, latest: Path, timeout: float = 240) -> None:
 
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, nproc):
-    cfg = tiny_config(tmp_path / "killed", steps=10, checkpoint={"every": 3, "keep_last": 1})
+    # EMA on: its DTensor shadows are gathered and re-sharded too (the export holds them)
+    cfg = tiny_config(tmp_path / "killed", steps=10, checkpoint={"every": 3, "keep_last": 1},
+                      optim={"lr": 1e-3, "ema": True})
     path = write_config(tmp_path / "c.yaml", cfg)
     launch = nproc if nproc > 1 else 0
     if nproc == 1:
@@ -71,3 +75,38 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, nproc):
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+    # metrics.jsonl was cut back to the checkpoint's step on resume: every step once, in order
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 11))
+    ckpt = tmp_path / "killed" / "checkpoints" / "step_00000010"
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(
+        ["checkpoint.json", "state.json", "state.safetensors", *(f"rank_{r:05d}.json" for r in range(nproc))])
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_kills_at_random_moments_during_checkpoint_writes_still_resume_exactly(tmp_path, nproc):
+    cfg = tiny_config(tmp_path / "killed", steps=8, checkpoint={"every": 1, "keep_last": 2},
+                      optim={"lr": 1e-3, "ema": True})
+    path = write_config(tmp_path / "c.yaml", cfg)
+    launch = nproc if nproc > 1 else 0
+    ref = run_vla(["train", str(path), "--set", f"output_dir={tmp_path / 'ref'}"], nproc=launch)
+    assert ref.wait(timeout=300) == 0, ref.stdout.read()[-3000:]
+    rng = random.Random(nproc)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    for _ in range(3):  # each run is killed at a random moment after a checkpoint has started or ended
+        proc = run_vla(["train", str(path), "--resume"], nproc=launch, env={"VLA_TEST_CHECKPOINT_SLEEP": "0.1"})
+        try:
+            _wait_for_checkpoint(proc, latest)
+            time.sleep(rng.uniform(0.0, 1.5))
+        finally:
+            kill_tree(proc)
+    resumed = run_vla(["train", str(path), "--resume"], nproc=launch)
+    out = resumed.stdout.read()
+    assert resumed.wait(timeout=300) == 0, out[-3000:]
+    expected = load_file(tmp_path / "ref" / "pretrained" / "model.safetensors")
+    got = load_file(tmp_path / "killed" / "pretrained" / "model.safetensors")
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 9))
+    assert not list((tmp_path / "killed" / "checkpoints").glob(".tmp-*"))

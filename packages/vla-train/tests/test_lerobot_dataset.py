@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,13 +16,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vla_core import ConfigError, FeatureType, Normalizer
+from vla_train.data import build_dataset
 from vla_train.data.lerobot import (
     FrameTimestampError,
     LeRobotDataError,
     LeRobotV3Dataset,
     VideoDecodeError,
 )
-from vla_train.data import build_dataset
 from vla_train.data.lerobot.convert_toy import convert_toy, episodes_from_arrays
 
 FPS = 10
@@ -370,3 +371,83 @@ def test_hub_id_resolves_through_snapshot_download(monkeypatch: pytest.MonkeyPat
     ds = LeRobotV3Dataset("someone/toy_reach", revision="v3.0")
     assert len(ds) == sum(LENGTHS)
     assert calls == [{"repo_id": "someone/toy_reach", "repo_type": "dataset", "revision": "v3.0"}]
+
+
+# ------------------------------------------------------------------------- info.json and paths outside the root
+
+
+def _edit_info(root: Path, edit) -> None:
+    info = json.loads((root / "meta/info.json").read_text())
+    edit(info)
+    (root / "meta/info.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda i: i.update(fps=0), r"field 'fps' must be a positive integer \(frames per second\), received 0"),
+    (lambda i: i.update(fps="ten"), r"field 'fps' must be a positive integer.*received 'ten'"),
+    (lambda i: i["features"]["observation.state"].update(shape=[2, "x"]),
+     r"field 'features.observation.state.shape' must be a list of positive integers, received \[2, 'x'\]"),
+    (lambda i: i["features"]["action"].update(shape=-3),
+     r"field 'features.action.shape' must be a list of positive integers, received -3"),
+    (lambda i: i["features"]["action"].update(shape=[0]), r"field 'features.action.shape'.*received \[0\]"),
+    (lambda i: i.update(features=[1, 2]), r"field 'features' must be a mapping"),
+])
+def test_bad_info_fields_are_named(image_root: Path, tmp_path: Path, edit, match) -> None:
+    root = _copy(image_root, tmp_path)
+    _edit_info(root, edit)
+    with pytest.raises(LeRobotDataError, match=f"{root / 'meta/info.json'}: {match}"):
+        LeRobotV3Dataset(root)
+
+
+@pytest.mark.parametrize("fps", [30, 3, 11])
+def test_an_fps_that_disagrees_with_the_timestamps_is_named(image_root: Path, tmp_path: Path, fps: int) -> None:
+    root = _copy(image_root, tmp_path)
+    _edit_info(root, lambda i: i.update(fps=fps))
+    with pytest.raises(LeRobotDataError, match=rf"fps {fps} \(frames {1 / fps:.6f} s apart\) disagrees with the "
+                                                rf"timestamps in .*file-000\.parquet.*0\.100000 s apart \(10 fps\)"):
+        LeRobotV3Dataset(root)
+
+
+@pytest.mark.parametrize("field,template", [
+    ("data_path", "../outside/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"),
+    ("data_path", "/etc/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"),
+    ("video_path", "videos/../../{video_key}/file-{file_index:03d}.mp4"),
+])
+def test_path_templates_must_stay_inside_the_dataset(image_root: Path, video_root: Path, tmp_path: Path,
+                                                     field: str, template: str) -> None:
+    root = _copy(video_root if field == "video_path" else image_root, tmp_path)
+    _edit_info(root, lambda i: i.update({field: template}))
+    with pytest.raises(LeRobotDataError, match=f"info.json: {field} {re.escape(repr(template))} gives '.*' leads to "
+                                               f".*, outside {root}; only paths inside it are read"):
+        LeRobotV3Dataset(root)
+
+
+def test_a_template_with_unknown_fields_is_named(image_root: Path, tmp_path: Path) -> None:
+    root = _copy(image_root, tmp_path)
+    _edit_info(root, lambda i: i.update(data_path="data/{episode}.parquet"))
+    with pytest.raises(LeRobotDataError, match=r"data_path 'data/\{episode\}.parquet' is not a template of"):
+        LeRobotV3Dataset(root)
+
+
+def test_image_files_must_stay_inside_the_dataset(image_root: Path, tmp_path: Path) -> None:
+    root = _copy(image_root, tmp_path)
+    path = root / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    column = table.column(CAM).to_pylist()
+    column[0] = {"bytes": None, "path": "../../secret.png"}
+    table = table.set_column(table.column_names.index(CAM), CAM, pa.array(column, table.schema.field(CAM).type))
+    pq.write_table(table, path)
+    ds = LeRobotV3Dataset(root)
+    with pytest.raises(LeRobotDataError, match=r"image path of 'observation.images.top' '../../secret.png' leads to"):
+        ds[0]
+
+
+@pytest.mark.parametrize("name", ["./data/typo", "data/lerobot/typo", "~/no-such-dataset-dir"])
+def test_a_mistyped_dataset_path_never_asks_the_hub(name: str, tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **k: pytest.fail("asked the Hub"))
+    with pytest.raises(LeRobotDataError, match="it does not exist.*never looked up on the Hugging Face Hub"):
+        LeRobotV3Dataset(name)

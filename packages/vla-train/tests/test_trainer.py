@@ -114,6 +114,7 @@ def test_resume_after_an_interruption_is_exact(tmp_path):
     run_steps(interrupted, 3)
     interrupted.checkpointer.save(3, interrupted.state())
     run_steps(interrupted, 1)  # progress after the checkpoint is lost
+    interrupted.close()  # frees the run directory
     resumed = Trainer(make(tmp_path, "cut", steps=6, checkpoint={"every": 3}), resume=True)
     assert resumed.step == 3 and resumed.batches.state_dict() == {"epoch": 0, "taken": 3}
     resumed.train()
@@ -124,19 +125,21 @@ def test_resume_after_an_interruption_is_exact(tmp_path):
 def test_crash_during_a_checkpoint_write_keeps_the_previous_latest(tmp_path, monkeypatch):
     cfg = make(tmp_path, steps=6, checkpoint={"every": 2})
     write = Checkpointer._write
+    ckpts = tmp_path / "run" / "checkpoints"
 
     def crash_at_step_4(self, state, path):
         if path.name.endswith("04"):
-            (path / "__0_0.distcp").write_bytes(b"partial")
-            raise OSError("disk full")
+            (path / "state.safetensors").write_bytes(b"partial")
+            raise OSError(28, "No space left on device")
         write(self, state, path)
 
     monkeypatch.setattr(Checkpointer, "_write", crash_at_step_4)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="No space left on device") as err:
         Trainer(cfg).train()
-    ckpts = tmp_path / "run" / "checkpoints"
+    assert f"cannot write checkpoint {ckpts / 'step_00000004'}" in str(err.value)  # names the path
     assert (ckpts / "latest").read_text().strip() == "step_00000002"
-    assert (ckpts / ".tmp-step_00000004").is_dir()  # the partial write never became a checkpoint
+    assert not (ckpts / ".tmp-step_00000004").exists() and not (ckpts / "step_00000004").exists()  # removed
+    (ckpts / ".tmp-step_00000004").mkdir()  # what a process killed mid-write leaves behind
     monkeypatch.setattr(Checkpointer, "_write", write)
     resumed = Trainer(cfg, resume=True)
     assert resumed.step == 2
@@ -171,3 +174,17 @@ def test_feature_mismatch_and_existing_run_are_clear_errors(tmp_path, capsys):
     Trainer(cfg).train()
     with pytest.raises(ConfigError, match="already holds checkpoints: pass --resume"):
         Trainer(cfg)
+
+
+def test_observations_the_policy_does_not_declare_stay_out_of_its_batches(tmp_path):
+    # a dataset may hold more cameras and states than the policy reads; the policy refuses undeclared ones
+    trainer = Trainer(make(tmp_path, steps=1))
+    batch = {k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else [v] for k, v in trainer.dataset[0].items()}
+    extra = {**batch, "observation.images.side": batch["observation.images.top"],
+             "observation.images.side_is_pad": torch.zeros(1, 1, dtype=torch.bool),
+             "observation.state_2": batch["observation.state"]}
+    with pytest.raises(ValueError, match="'observation.images.side' is not a declared input feature"):
+        trainer.model(extra)
+    sent = trainer._to_device(extra)
+    assert sent.keys() == batch.keys()
+    assert torch.isfinite(trainer.model(sent).loss)

@@ -8,7 +8,13 @@ Imports only torch, safetensors, huggingface_hub and numpy.
 from vla_core.actions import ActionQueue, TemporalEnsembler
 from vla_core.checkpoint import LoadReport, apply_name_mapping, load_checkpoint, load_into, load_tensors, save_safetensors
 from vla_core.config import ComponentConfig
-from vla_core.errors import CheckpointError, ConfigError, MissingExtraError, UnknownComponentError
+from vla_core.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    ConfigError,
+    MissingExtraError,
+    UnknownComponentError,
+)
 from vla_core.features import (
     ACTION,
     ACTION_IS_PAD,
@@ -68,6 +74,7 @@ __all__ = [
     "BackboneOutput",
     "BasePolicyConfig",
     "CheckpointError",
+    "CheckpointWriteError",
     "ComponentConfig",
     "ConfigError",
     "ContextNeeds",

@@ -1,35 +1,47 @@
-"""safetensors checkpoint IO: atomic writes, name mapping, load reports, no pickle by default."""
+"""safetensors checkpoint IO: atomic writes, name mapping, load reports, no pickle by default, no
+NaN/Inf weights unless asked, and errors that name the file."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vla_core.errors import CheckpointError
+from vla_core.errors import CheckpointError, CheckpointWriteError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``; on any error the old file is untouched."""
+    """Call ``write(tmp_path)`` then rename onto ``path``; on any error the old file is untouched and the
+    temporary file removed. A failed write (a full disk) raises :class:`CheckpointWriteError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, CheckpointWriteError):
+            raise
+        raise CheckpointWriteError(f"cannot write {path}: {err}") from err
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -60,14 +72,20 @@ def load_tensors(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file, truncated or damaged? ({err})") from None
     if path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise CheckpointError(
                 f"{path} is a pickle file, which can run code when loaded; convert it to safetensors or "
                 "pass allow_pickle=True (it is then loaded with torch.load(weights_only=True))"
             )
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+            raise CheckpointError(f"{path}: cannot be loaded as weights only ({type(err).__name__}: {err})") from None
         if isinstance(data, Mapping) and "state_dict" in data and isinstance(data["state_dict"], Mapping):
             data = data["state_dict"]
         if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
@@ -130,18 +148,37 @@ def _head(keys: list[str], n: int = 10) -> str:
     return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
 
 
+def nonfinite_tensors(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating tensors holding NaN/Inf, except those a submodule declares NaN to mean
+    "not set" for (``nan_means_unset = True``, e.g. the normalizer's stats) when they are all NaN."""
+    bad = []
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+            continue
+        owner = name.rpartition(".")[0]
+        try:
+            unset_ok = getattr(module.get_submodule(owner), "nan_means_unset", False)
+        except AttributeError:
+            unset_ok = False
+        if not (unset_ok and bool(torch.isnan(tensor).all())):
+            bad.append(name)
+    return sorted(bad)
+
+
 def load_into(
     module: nn.Module,
     tensors: Mapping[str, torch.Tensor],
     *,
     name_mapping: Mapping[str, str] | None = None,
     strict: bool = True,
+    allow_nonfinite: bool = False,
 ) -> LoadReport:
     """Load ``tensors`` (renamed by ``name_mapping``) into ``module`` and return the report.
 
     With ``strict`` (the default) any missing, unexpected or mis-shaped key raises
     :class:`CheckpointError` before the module changes. With ``strict=False`` the matching keys
-    are loaded and the rest reported.
+    are loaded and the rest reported. Tensors holding NaN/Inf raise :class:`CheckpointError` naming
+    them, before the module changes, unless ``allow_nonfinite=True`` (then a ``RuntimeWarning`` names them).
     """
     tensors = apply_name_mapping(tensors, name_mapping)
     own = module.state_dict()
@@ -156,6 +193,14 @@ def load_into(
         raise CheckpointError(f"checkpoint does not match {type(module).__name__}:\n{report}")
     bad = {k for k, _, _ in report.mismatched}
     loadable = {k: t for k, t in tensors.items() if k in own and k not in bad}
+    nonfinite = nonfinite_tensors(module, loadable)
+    if nonfinite:
+        what = f"{len(nonfinite)} tensor(s) with NaN/Inf values: {_head(nonfinite)}"
+        if not allow_nonfinite:
+            raise CheckpointError(f"checkpoint holds {what}; a policy with them gives NaN actions. Pass "
+                                  "allow_nonfinite=True to load them anyway")
+        warnings.warn(f"loading {what} into {type(module).__name__} (allow_nonfinite=True): its outputs will be "
+                      "NaN or Inf", RuntimeWarning, stacklevel=2)
     module.load_state_dict(loadable, strict=False)
     return report
 
@@ -167,6 +212,11 @@ def load_checkpoint(
     name_mapping: Mapping[str, str] | None = None,
     strict: bool = True,
     allow_pickle: bool = False,
+    allow_nonfinite: bool = False,
 ) -> LoadReport:
-    """:func:`load_tensors` then :func:`load_into`."""
-    return load_into(module, load_tensors(path, allow_pickle=allow_pickle), name_mapping=name_mapping, strict=strict)
+    """:func:`load_tensors` then :func:`load_into`; errors name the file."""
+    tensors = load_tensors(path, allow_pickle=allow_pickle)
+    try:
+        return load_into(module, tensors, name_mapping=name_mapping, strict=strict, allow_nonfinite=allow_nonfinite)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None

@@ -22,6 +22,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be loaded as asked (names the keys, files or shapes involved)."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint or policy could not be written (a full disk, a read-only directory): names the path;
+    the partial files are removed. Also an ``OSError``."""
+
+
 def closest(name: str, candidates: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest candidate, or ``""`` when none is close."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

@@ -91,30 +91,58 @@ def first_of_type(features: Mapping[str, PolicyFeature], ftype: FeatureType) -> 
     return None
 
 
+# Key prefixes of the declared observation types: a batch key under one of them that the features do
+# not declare (an extra camera, ``observation.state_2``) is an error, not silently ignored.
+DECLARED_PREFIXES = (OBS_IMAGE_PREFIX, OBS_STATE, OBS_ENV_STATE)
+PAD_SUFFIX = "_is_pad"  # LeRobot's padding masks of windowed keys (``observation.state_is_pad``)
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
     return f"{type(value).__name__}"
 
 
-def validate_batch(
+def _convert(key: str, value: torch.Tensor, feature: PolicyFeature, dtype: torch.dtype | None) -> torch.Tensor:
+    """The dtype rule: uint8 images -> float in [0, 1]; other floats -> ``dtype``; other integers/bools refused."""
+    target = dtype or (value.dtype if value.is_floating_point() else torch.float32)
+    if feature.type is FeatureType.VISUAL and value.dtype == torch.uint8:
+        return value.to(torch.float32).div_(255).to(target)
+    if not value.is_floating_point():
+        want = "a floating-point tensor in [0, 1] or uint8" if feature.type is FeatureType.VISUAL else (
+            "a floating-point tensor")
+        raise ValueError(f"batch key {key!r}: expected {want}, received dtype {value.dtype}")
+    return value if value.dtype == target else value.to(target)
+
+
+def prepare_batch(
     batch: Mapping[str, Any],
     features: Mapping[str, PolicyFeature],
     *,
     n_obs_steps: int = 1,
     horizon: int | None = None,
-    check_finite: bool = True,
-) -> int:
-    """Check ``batch`` against declared features and return the batch size ``B``.
+    dtype: torch.dtype | None = None,
+    single_step: bool = False,
+    check_values: bool = True,
+) -> tuple[dict[str, Any], int]:
+    """Check ``batch`` against the declared features; returns ``(converted copy, B)``.
 
-    Observations may come as ``(B, *shape)`` or, with ``n_obs_steps > 1``, as
-    ``(B, n_obs_steps, *shape)``. ``ACTION`` features are checked as ``(B, H, A)`` with
-    ``H <= horizon`` (when given) and, if present, ``action_is_pad`` as bool ``(B, H)``.
-    Raises ``ValueError`` naming the key, the expected and the received shape or dtype, and
-    rejects NaN/Inf in float inputs. Nothing is modified.
+    Shapes: observations are ``(B, *shape)``, or ``(B, n_obs_steps, *shape)`` when ``n_obs_steps > 1``
+    (with ``single_step``, either); ``ACTION`` features are ``(B, H, A)`` with ``H <= horizon`` (when
+    given) and, if present, ``action_is_pad`` is bool ``(B, H)``. ``B`` must be the same for every key
+    and positive.
+
+    dtypes: uint8 images become float in [0, 1]; floating tensors are cast to ``dtype`` (when given);
+    integer and bool tensors for float features are refused. Values (``check_values``; one host sync for
+    the whole batch): no NaN/Inf anywhere, float images within [0, 1]. A batch key under the prefix of a
+    declared observation type (``observation.images.``, ``observation.state``,
+    ``observation.environment_state``) that the features lack (an extra camera, ``observation.state_2``)
+    is refused (``*_is_pad`` masks excepted). Errors are ``ValueError`` naming
+    the key, the expected and the received. ``batch`` itself is not modified.
     """
+    out = dict(batch)
     batch_size: int | None = None
-    checked: list[tuple[str, torch.Tensor]] = []
+    checked: list[tuple[str, torch.Tensor, bool]] = []  # key, value, is an image to range-check
 
     def check_b(key: str, b: int) -> None:
         nonlocal batch_size
@@ -123,12 +151,19 @@ def validate_batch(
         elif b != batch_size:
             raise ValueError(f"batch key {key!r}: batch size {b} differs from {batch_size} of the other keys")
 
+    prefixes = tuple(p for p in DECLARED_PREFIXES if any(k.startswith(p) for k in features))
+    for key in batch:
+        if key.startswith(prefixes) and key not in features and not key.endswith(PAD_SUFFIX):
+            declared = sorted(k for k in features if k.startswith(prefixes))
+            raise ValueError(f"batch key {key!r} is not a declared input feature (declared: {declared}); remove it "
+                             "from the batch or declare it in input_features")
     for key, feature in features.items():
         if feature.type is FeatureType.LANGUAGE:
             if key not in batch:
                 raise ValueError(f"missing batch key {key!r}: expected a list of B strings")
             value = batch[key]
-            if isinstance(value, str) or not all(isinstance(s, str) for s in value):
+            if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+                    isinstance(s, str) for s in value):
                 raise ValueError(f"batch key {key!r}: expected a list of B strings, received {_describe(value)}")
             check_b(key, len(value))
             continue
@@ -142,8 +177,6 @@ def validate_batch(
         value = batch[key]
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"batch key {key!r}: expected a torch.Tensor, received {_describe(value)}")
-        if not value.is_floating_point():
-            raise ValueError(f"batch key {key!r}: expected a floating-point tensor, received dtype {value.dtype}")
         shape = tuple(value.shape)
         if feature.type is FeatureType.ACTION:
             ok = len(shape) == 3 and shape[2:] == feature.shape and (horizon is None or shape[1] <= horizon)
@@ -161,23 +194,58 @@ def validate_batch(
                         f"received {_describe(pad)}"
                     )
         else:
-            with_time = (n_obs_steps,) + feature.shape
-            ok = shape[1:] == feature.shape or (n_obs_steps > 1 and shape[1:] == with_time)
-            if n_obs_steps > 1 and shape[1:] != with_time:
-                ok = False
+            window = (n_obs_steps,) + feature.shape
+            ok = shape[1:] == window if n_obs_steps > 1 else shape[1:] == feature.shape
+            ok = ok or (single_step and n_obs_steps > 1 and shape[1:] == feature.shape)
             if not ok:
-                want = f"(B, {n_obs_steps}, {', '.join(map(str, feature.shape))})" if n_obs_steps > 1 else (
-                    f"(B, {', '.join(map(str, feature.shape))})"
-                )
+                dims = ", ".join(map(str, feature.shape))
+                want = f"(B, {dims})" if n_obs_steps == 1 else (
+                    f"(B, {n_obs_steps}, {dims})" + (f" or (B, {dims})" if single_step else ""))
                 raise ValueError(f"batch key {key!r}: expected shape {want}, received {shape}")
         check_b(key, shape[0])
-        checked.append((key, value))
+        converted = _convert(key, value, feature, dtype)
+        out[key] = converted
+        range_check = feature.type is FeatureType.VISUAL and value.dtype != torch.uint8
+        checked.append((key, converted, range_check))
     if batch_size is None:
-        raise ValueError("the batch holds none of the declared features")
-    if check_finite and checked and not torch.stack([torch.isfinite(v).all() for _, v in checked]).all():
-        # one host sync per batch; the offending key is looked up only on failure
-        key, value = next((k, v) for k, v in checked if not torch.isfinite(v).all())
-        bad = (~torch.isfinite(value)).sum().item()
-        raise ValueError(f"batch key {key!r}: contains {bad} NaN/Inf value(s)")
-    return batch_size
+        raise ValueError(f"the batch holds none of the declared features {sorted(features)}")
+    if batch_size == 0:
+        raise ValueError("empty batch: every key holds 0 samples (expected B >= 1)")
+    if check_values and checked:
+        _check_values(checked)
+    return out, batch_size
 
+
+def _check_values(checked: list[tuple[str, torch.Tensor, bool]]) -> None:
+    """No NaN/Inf, images within [0, 1]: one host sync for the whole batch; details only on failure."""
+    flags = []
+    for _, value, is_image in checked:
+        flags.append(torch.isfinite(value).all())
+        if is_image:
+            low, high = torch.aminmax(value)
+            flags.append((low >= 0) & (high <= 1))
+    device = flags[0].device
+    if bool(torch.stack([f.to(device) for f in flags]).all()):
+        return
+    for key, value, is_image in checked:
+        finite = torch.isfinite(value)
+        if not finite.all():
+            raise ValueError(f"batch key {key!r}: contains {int((~finite).sum())} NaN/Inf value(s)")
+        if is_image:
+            low, high = (float(v) for v in torch.aminmax(value))
+            if low < 0 or high > 1:
+                raise ValueError(f"batch key {key!r}: expected image values in [0, 1] (floats) or uint8 in "
+                                 f"[0, 255], received values in [{low:g}, {high:g}]")
+
+
+def validate_batch(
+    batch: Mapping[str, Any],
+    features: Mapping[str, PolicyFeature],
+    *,
+    n_obs_steps: int = 1,
+    horizon: int | None = None,
+    check_finite: bool = True,
+) -> int:
+    """Check ``batch`` against declared features and return the batch size ``B``
+    (:func:`prepare_batch` without the dtype cast; nothing is modified)."""
+    return prepare_batch(batch, features, n_obs_steps=n_obs_steps, horizon=horizon, check_values=check_finite)[1]

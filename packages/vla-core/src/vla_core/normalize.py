@@ -63,6 +63,8 @@ def resolve_modes(features: Mapping[str, PolicyFeature], modes: Mapping[str, str
 
 
 class _FeatureStats(nn.Module):
+    nan_means_unset = True  # all-NaN stats are "not set yet", not broken weights (vla_core.checkpoint)
+
     def __init__(self, names: tuple[str, ...], shape: tuple[int, ...]) -> None:
         super().__init__()
         for name in names:

@@ -55,14 +55,18 @@ def apply_fsdp2(
     """``fully_shard`` each unit of ``model.fsdp_units()``, then the root. Returns the number of units.
 
     ``param_dtype`` / ``reduce_dtype`` set FSDP's mixed precision (e.g. bf16 / fp32 on GPU);
-    ``None`` keeps the parameters' dtype. Methods named in a unit's ``fsdp_forward_methods`` and the
-    root's inference methods are registered with ``register_fsdp_forward_method``.
+    ``None`` keeps the parameters' dtype. A model with a ``mixed_precision_dtype`` attribute (a
+    :class:`~vla_core.Policy`) gets ``param_dtype`` there: its inputs are cast to it. Methods named in a
+    unit's ``fsdp_forward_methods`` and the root's inference methods are registered with
+    ``register_fsdp_forward_method``.
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     kwargs: dict = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     if param_dtype is not None or reduce_dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    if param_dtype is not None and hasattr(model, "mixed_precision_dtype"):
+        model.mixed_precision_dtype = param_dtype
     if cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
     modules = unit_modules(model)

@@ -20,6 +20,8 @@ import abc
 import collections
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +33,11 @@ from torch import Tensor, nn
 from vla_core.actions import ActionQueue, TemporalEnsembler
 from vla_core.checkpoint import atomic_write, load_checkpoint, save_safetensors
 from vla_core.config import ComponentConfig
-from vla_core.errors import ConfigError
-from vla_core.features import ACTION, FeatureType, PolicyFeature, parse_features, validate_batch
+from vla_core.errors import CheckpointWriteError, ConfigError
+from vla_core.features import ACTION, FeatureType, PolicyFeature, parse_features, prepare_batch
 from vla_core.interfaces import Batch, HeadOutput
 from vla_core.normalize import Normalizer, resolve_modes
+from vla_core.paths import is_local_path, missing_path_error
 from vla_core.registry import POLICIES
 
 CONFIG_NAME = "config.json"
@@ -87,11 +90,32 @@ class BasePolicyConfig(ComponentConfig):
 
 
 class Policy(nn.Module, metaclass=abc.ABCMeta):
-    """Base of every registered policy. Subclasses set ``self.horizon`` (H) in ``__init__``."""
+    """Base of every registered policy. Subclasses set ``self.horizon`` (H) in ``__init__``.
+
+    Every entry point (``forward``, ``predict_action_chunk``, ``select_action`` in each of its branches)
+    checks its batch before anything runs or changes (:func:`~vla_core.features.prepare_batch`): a
+    rejected batch leaves the weights, the BatchNorm statistics, the observation history and the action
+    queue as they were. The input rules:
+
+    - **dtype**: floating inputs of another float dtype (float16, bfloat16, float64) are cast to the
+      policy's :attr:`compute_dtype` (the dtype of its floating parameters, or FSDP's mixed-precision
+      dtype), so a float64 ``action`` or a float32 observation for a bf16 policy works; integer and
+      bool tensors for float features are refused by key, except uint8 images, which become float
+      ``x / 255`` in [0, 1].
+    - **values**: NaN/Inf anywhere, and float images outside [0, 1] (0..255 floats, negative values),
+      are refused by key with what was seen (one host sync per batch for all value checks).
+    - **keys**: every declared feature must be present with its shape; a key under the prefix of a
+      declared observation type (``observation.images.``, ``observation.state``,
+      ``observation.environment_state``) that the features lack (an extra camera,
+      ``observation.state_2``) is refused; ``*_is_pad`` masks and other keys pass through.
+    - **size**: an empty batch (B = 0) is refused.
+    """
 
     config_class: ClassVar[type[BasePolicyConfig]] = BasePolicyConfig
     registered_name: ClassVar[str]
     horizon: int
+    # The dtype FSDP's mixed precision computes in (set by vla_core.parallel.apply_fsdp2), else None.
+    mixed_precision_dtype: torch.dtype | None = None
 
     def __init__(self, config: BasePolicyConfig | Mapping[str, Any]) -> None:
         super().__init__()
@@ -132,18 +156,34 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
     def action_dim(self) -> int:
         return self.output_features[ACTION].shape[-1]
 
-    def validate(self, batch: Batch, *, training: bool = False) -> int:
-        """Check ``batch`` against the features (and the target when ``training``); returns B."""
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype floating inputs are cast to: :attr:`mixed_precision_dtype` when set, else the dtype of
+        the floating parameters (float32 when they differ, or when there are none)."""
+        if self.mixed_precision_dtype is not None:
+            return self.mixed_precision_dtype
+        dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
+        return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+    def prepare(self, batch: Batch, *, training: bool = False, single_step: bool = False) -> tuple[Batch, int]:
+        """``(checked batch, B)``: ``batch`` checked against the features (and the target when
+        ``training``) and converted by the input rules (see the class docstring); ``batch`` is unchanged.
+        ``single_step`` also accepts one observation step (B, ...) when ``n_obs_steps > 1``."""
         features = dict(self.input_features)
         if training:
             if ACTION not in batch:
                 raise ValueError(f"missing batch key {ACTION!r}: training needs the target chunk (B, H, A)")
             features.update(self.output_features)
-        return validate_batch(batch, features, n_obs_steps=self.config.n_obs_steps, horizon=self.horizon)
+        return prepare_batch(batch, features, n_obs_steps=self.config.n_obs_steps, horizon=self.horizon,
+                             dtype=self.compute_dtype, single_step=single_step)
+
+    def validate(self, batch: Batch, *, training: bool = False) -> int:
+        """Check ``batch`` against the features (and the target when ``training``); returns B."""
+        return self.prepare(batch, training=training)[1]
 
     def forward(self, batch: Batch) -> HeadOutput:
         """Training: the loss on the normalized target ``batch["action"]`` (B, H, A)."""
-        self.validate(batch, training=True)
+        batch, _ = self.prepare(batch, training=True)
         return self.compute_loss(self.normalizer.normalize_batch(batch))
 
     @torch.no_grad()
@@ -151,7 +191,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         self, batch: Batch, *, noise: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """(B, H, A) actions in robot units. ``noise`` (B, H, A) seeds generative heads."""
-        bsz = self.validate(batch)
+        batch, bsz = self.prepare(batch)
         if noise is not None:
             want = (bsz, self.horizon, self.action_dim)
             if tuple(noise.shape) != want:
@@ -182,8 +222,8 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         return len(self._action_selection()[0])
 
     def _stack_history(self, batch: Batch) -> tuple[Batch, dict[str, list[Tensor]]]:
-        """The batch with single-step observations (B, ...) stacked with the last ``n_obs_steps - 1``
-        into windows (B, T, ...), and the histories to keep if it is accepted. Changes nothing."""
+        """The (checked) batch with single-step observations (B, ...) stacked with the last
+        ``n_obs_steps - 1`` into windows (B, T, ...), and the histories to keep. Changes nothing."""
         t = self.config.n_obs_steps
         if t == 1:
             return batch, {}
@@ -191,7 +231,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         for key, feature in self.input_features.items():
             value = batch.get(key)
             if not isinstance(value, Tensor) or value.dim() != len(feature.shape) + 1:
-                continue  # already a window (B, T, ...), or not a tensor (validation names it)
+                continue  # already a window (B, T, ...), or language
             past = list(self._obs_history.get(key, ()))
             history = ([value] * t if not past else past + [value])[-t:]
             if any(h.shape != value.shape for h in history):
@@ -205,12 +245,12 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
     def select_action(self, batch: Batch, *, generator: torch.Generator | None = None) -> Tensor:
         """One action (B, A) for this control step, from the queue or the temporal ensemble.
 
-        The observation is validated before anything changes: a rejected observation leaves the
-        history, the queue and the ensemble as they were.
+        The observation is checked (and converted) before anything changes, whether an action is queued
+        or not: a rejected observation leaves the history, the queue and the ensemble as they were.
         """
         queue, ensembler = self._action_selection()
+        batch, _ = self.prepare(batch, single_step=True)
         window, histories = self._stack_history(batch)
-        self.validate(window)
         chunk = None
         if ensembler is not None or len(queue) == 0:
             chunk = self.predict_action_chunk(window, generator=generator)
@@ -237,12 +277,26 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         return self.config.to_dict()
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` (with the policy ``type``) and ``model.safetensors`` (weights and stats)."""
+        """Write ``config.json`` (with the policy ``type``) and ``model.safetensors`` (weights and stats).
+
+        Both are written into a temporary directory inside ``directory`` and then renamed into place: a
+        failure (a full disk) raises :class:`~vla_core.errors.CheckpointWriteError` naming the path and
+        leaves no partial file (nor ``directory`` itself, when this call created it)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_safetensors(self.state_dict(), directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        created = not directory.exists()
         text = json.dumps({"type": self.registered_name, **self.config_to_save()}, indent=2, sort_keys=True)
-        atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".saving-", dir=directory) as tmp:
+                save_safetensors(self.state_dict(), Path(tmp) / WEIGHTS_NAME, metadata={"format": "pt"})
+                atomic_write(Path(tmp) / CONFIG_NAME, lambda path: Path(path).write_text(text))
+                os.replace(Path(tmp) / WEIGHTS_NAME, directory / WEIGHTS_NAME)
+                os.replace(Path(tmp) / CONFIG_NAME, directory / CONFIG_NAME)
+        except OSError as err:
+            if created:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise CheckpointWriteError(f"cannot save the policy to {directory}: {err}; the partial files were "
+                                       "removed") from err
         return directory
 
     @classmethod
@@ -252,35 +306,54 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         *,
         revision: str | None = None,
         strict: bool = True,
+        allow_nonfinite: bool = False,
         **config_overrides: Any,
     ) -> Policy:
         """Load a local directory or a hub repo id (safetensors only; no pickle, no remote code).
 
         Called on a subclass, the saved ``type`` must name it (or a subclass of it). The policy
-        comes back in eval mode, ready for inference; call ``.train()`` to fine-tune.
+        comes back in eval mode, ready for inference; call ``.train()`` to fine-tune. Weights with
+        NaN/Inf are refused unless ``allow_nonfinite=True`` (then a warning names them). A name that
+        can only be a local path (see :func:`vla_core.paths.is_local_path`) is never looked up on the Hub.
         """
         directory = resolve_policy_dir(path_or_repo_id, revision=revision)
-        data = json.loads((directory / CONFIG_NAME).read_text())
+        config_file = directory / CONFIG_NAME
+        try:
+            data = json.loads(config_file.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{config_file}: not a readable JSON policy config ({err})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{config_file}: expected a JSON object, received {type(data).__name__}")
         name = data.pop("type", DEFAULT_POLICY)
         policy_cls = POLICIES.get(name)
         if not issubclass(policy_cls, cls):
-            raise ConfigError(f"{directory / CONFIG_NAME}: holds a {name!r} policy ({policy_cls.__qualname__}), "
+            raise ConfigError(f"{config_file}: holds a {name!r} policy ({policy_cls.__qualname__}), "
                               f"not a {cls.__qualname__}; load it with vla_core.load_policy")
         data.update(config_overrides)
-        policy = policy_cls(data)
-        load_checkpoint(policy, directory / WEIGHTS_NAME, strict=strict)
+        try:
+            policy = policy_cls(data)
+        except ConfigError as err:
+            raise ConfigError(f"{config_file}: {err}") from None
+        load_checkpoint(policy, directory / WEIGHTS_NAME, strict=strict, allow_nonfinite=allow_nonfinite)
         return policy.eval()
 
 
 def resolve_policy_dir(path_or_repo_id: str | os.PathLike, *, revision: str | None = None) -> Path:
-    """A local policy directory, or a hub repo id downloaded (config and weights only)."""
-    directory = Path(path_or_repo_id)
+    """A local policy directory, or a hub repo id downloaded (config and weights only).
+
+    A name that can only be local and does not exist raises ``FileNotFoundError`` without asking the Hub."""
+    directory = Path(path_or_repo_id).expanduser()
     if not directory.is_dir():
+        if is_local_path(path_or_repo_id):
+            raise missing_path_error(path_or_repo_id, "policy directory")
         from huggingface_hub import snapshot_download
 
-        directory = Path(
-            snapshot_download(str(path_or_repo_id), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
-        )
+        try:
+            directory = Path(snapshot_download(str(path_or_repo_id), revision=revision,
+                                               allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+        except (OSError, ValueError) as err:  # huggingface_hub's errors derive from these
+            raise FileNotFoundError(f"{path_or_repo_id} is no local directory, and the Hugging Face Hub gave no "
+                                    f"policy for it: {type(err).__name__}: {' '.join(str(err).split())}") from None
     if not (directory / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{directory / CONFIG_NAME} not found: not a vla policy directory")
     return directory

@@ -1,7 +1,9 @@
 """The ``vla`` command: ``train``, ``eval``, ``serve``, ``info`` and ``convert lerobot``.
 
-``vla train CONFIG.yaml [--set key.sub=value ...] [--resume]`` also runs under
-``torchrun --nproc-per-node N -m vla_train train ...``. Known errors print one line and exit 2.
+``vla train CONFIG.yaml [--set key.sub=value ...] [--resume [--trust-checkpoint]]`` also runs under
+``torchrun --nproc-per-node N -m vla_train train ...``. Every user-caused error (a config, a path, a
+file, a checkpoint, a busy run directory, a full disk) prints one line, ``vla CMD: error: ...``, and
+exits 2; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ def _train(args: argparse.Namespace) -> int:
     from vla_train.config import load_config
     from vla_train.trainer import train
 
-    train(load_config(args.config, args.set), resume=args.resume)
+    if args.trust_checkpoint and not args.resume:
+        raise ConfigError("--trust-checkpoint only applies with --resume")
+    train(load_config(args.config, args.set), resume=args.resume, trust_checkpoint=args.trust_checkpoint)
     return 0
 
 
@@ -67,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     train.add_argument("--resume", action="store_true", help="continue from output_dir's latest checkpoint")
+    train.add_argument("--trust-checkpoint", action="store_true",
+                       help="with --resume: load an old-format checkpoint whose metadata is a pickle (it can run "
+                            "code: only for checkpoints from a source you trust)")
     train.set_defaults(func=_train)
     ev = sub.add_parser("eval", help="closed-loop episodes of the toy task; prints success_rate last")
     ev.add_argument("path", help="a run directory or a pretrained policy directory")
@@ -102,13 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user causes (and can fix): reported in one line, exit status 2."""
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+    from vla_train.runlock import RunDirectoryInUseError
     from vla_train.trainer import TrainingDivergedError
 
+    return (ConfigError, UnknownComponentError, MissingExtraError, CheckpointError, CheckpointException,
+            TrainingDivergedError, RunDirectoryInUseError, ValueError, OSError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
-    except (ConfigError, UnknownComponentError, FileNotFoundError, CheckpointError, TrainingDivergedError,
-            ValueError, MissingExtraError) as err:
-        print(f"vla {args.command}: error: {err}", file=sys.stderr)
+    except user_errors() as err:
+        from vla_train.checkpoint import describe_error
+
+        print(f"vla {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 2

@@ -98,7 +98,8 @@ class ParallelConfig(ComponentConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class CheckpointConfig(ComponentConfig):
-    """DCP checkpoints every ``every`` steps (0: only at the end), keeping the last ``keep_last``."""
+    """Training checkpoints (:mod:`vla_train.checkpoint`) every ``every`` steps and at the last step (0: none),
+    keeping the last ``keep_last``."""
 
     every: int = 1000
     keep_last: int = 2
@@ -224,9 +225,63 @@ def _section(name: str, cls: type[ComponentConfig], value: Any) -> ComponentConf
 
 
 # ---------------------------------------------------------------------------- YAML and overrides
+MAX_YAML_NODES = 100_000  # after alias expansion; a training config has a few hundred
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document whose aliases (``*name``) expand to more than
+    ``MAX_YAML_NODES`` nodes, or refer to themselves, before anything is constructed: a
+    billion-laughs alias bomb fails at once instead of filling the memory."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        expanded_size(node, MAX_YAML_NODES)
+        return super().construct_document(node)
+
+
+def expanded_size(node: yaml.Node, limit: int) -> int:
+    """Nodes of ``node`` with every alias expanded (counted once per distinct node, in linear time)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError("YAML: an alias refers to a node that contains it (a recursive structure); "
+                              "refusing it")
+        active.add(key)
+        if isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        else:
+            total = 1
+        active.discard(key)
+        if total > limit:
+            raise ConfigError(f"YAML: the document expands to more than {limit:,} nodes through its aliases "
+                              "(&anchor / *alias); refusing it (an alias bomb?)")
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML with :class:`BoundedLoader`; errors are ``ConfigError`` naming ``where``."""
+    try:
+        return yaml.load(text, Loader=BoundedLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({' '.join(str(err).split())})") from None
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: the YAML nests too deeply") from None
+
+
 def parse_value(text: str) -> Any:
     """A ``--set`` value as YAML (``1e-4`` is a float here, unlike in plain YAML 1.1)."""
-    value = yaml.safe_load(text) if text.strip() else ""
+    value = load_yaml(text, f"--set value {text!r}") if text.strip() else ""
     if isinstance(value, str):
         try:
             return float(value)
@@ -261,9 +316,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     if not path.is_file():
         raise FileNotFoundError(f"training config not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read ({err})") from None
+    data = load_yaml(text, str(path)) or {}
     return TrainConfig.from_dict(apply_overrides(data, overrides))
 
 

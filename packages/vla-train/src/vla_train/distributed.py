@@ -28,6 +28,14 @@ class World:
         if self.initialized:
             dist.barrier()
 
+    def all_true(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank (a collective; the flag itself in a single process)."""
+        if not (self.initialized and self.world_size > 1):
+            return flag
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
+
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """Average a tensor over ranks (identity in a single process)."""
         if self.initialized and self.world_size > 1:

@@ -14,15 +14,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from vla_core import Policy, load_policy
+from vla_core import ConfigError, Policy, load_policy
+from vla_core.paths import missing_path_error
 
+from vla_train.config import load_yaml
 from vla_train.data import build_dataset
 
 
 def resolve_policy_dir(path: str | Path) -> Path:
-    """A run directory's ``pretrained/`` or the pretrained directory itself."""
-    path = Path(path)
+    """A run directory's ``pretrained/`` or the pretrained directory itself (local only)."""
+    given, path = path, Path(path).expanduser()
+    if not path.exists():
+        raise missing_path_error(given, "run or policy directory")
     if (path / "pretrained" / "config.json").is_file():
         return path / "pretrained"
     if (path / "config.json").is_file():
@@ -55,7 +58,10 @@ def evaluate(path: str | Path, *, episodes: int, seed: int = 100_000, batch_size
     spec_path = policy_dir / "train_config.yaml"
     if not spec_path.is_file():
         raise FileNotFoundError(f"{spec_path} not found: evaluation needs the task the policy was trained on")
-    data_spec = yaml.safe_load(spec_path.read_text())["data"]
+    spec = load_yaml(spec_path.read_text(), str(spec_path))
+    if not isinstance(spec, dict) or not isinstance(spec.get("data"), dict):
+        raise ConfigError(f"{spec_path}: expected a training config with a 'data' mapping")
+    data_spec = spec["data"]
     dataset = build_dataset(data_spec)
     if not hasattr(dataset, "make_env"):
         raise ValueError(f"dataset type {data_spec['type']!r} has no closed-loop environment to evaluate in")

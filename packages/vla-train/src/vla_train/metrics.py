@@ -1,13 +1,15 @@
 """Progress and results: a tqdm bar, ``metrics.jsonl``, optional TensorBoard, the loss plot and the summary.
 
 Only rank 0 writes. ``metrics.jsonl`` holds one JSON object per logged step (``step``, ``loss``,
-``lr``, ``grad_norm``, ``samples_per_s``, ``elapsed_s`` and the head's metrics); a resumed run
-appends to it.
+``lr``, ``grad_norm``, ``samples_per_s``, ``elapsed_s`` and the head's metrics). A run that starts
+at step ``s`` (0, or the step of the checkpoint it resumes from) first cuts the file to the records of
+steps ``<= s``, so every step appears once, in order, whatever was logged after the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ class MetricsLogger:
         if not enabled:
             return
         self.path = run_dir / "metrics.jsonl"
+        truncate_metrics(self.path, start_step)
         if config.progress:
             from tqdm.auto import tqdm
 
@@ -95,6 +98,26 @@ class MetricsLogger:
         fig.savefig(out, dpi=100)
         plt.close(fig)
         return out
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep only the records of steps ``<= last_step`` (and drop a line cut short by a crash); atomic."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
+            kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

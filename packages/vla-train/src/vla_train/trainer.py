@@ -1,8 +1,9 @@
-"""The trainer. Build order (read top to bottom): config -> world -> data -> policy -> stats ->
-parallelize (FSDP2) -> optimizer -> EMA -> checkpointer (resume) -> loop -> export -> eval.
+"""The trainer. Build order (read top to bottom): config -> world -> run-directory lock -> data ->
+policy -> stats -> parallelize (FSDP2) -> optimizer -> EMA -> checkpointer (resume) -> loop -> export -> eval.
 
 One ``Trainer`` per process; under ``torchrun`` every rank runs the same code on its share of
-each global batch.
+each global batch. Rank 0 holds the run directory's lock (:mod:`vla_train.runlock`) from the start
+until ``train()`` ends or ``close()`` is called.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from vla_core import ACTION, ConfigError, FeatureType, Policy, build_policy
+from vla_core.features import DECLARED_PREFIXES, PAD_SUFFIX
 
 from vla_train.checkpoint import Checkpointer, ModelAndOptimizer, RNGState, export_pretrained
 from vla_train.config import TrainConfig, save_config
@@ -25,6 +27,7 @@ from vla_train.host_memory import retain_freed_memory
 from vla_train.metrics import MetricsLogger, read_metrics, summary
 from vla_train.optim import build_optimizer, build_scheduler, clip_gradients
 from vla_train.parallelize import apply_activation_checkpointing, apply_fsdp2, build_mesh, float_buffers
+from vla_train.runlock import RunDirectoryInUseError, RunLock
 
 
 class TrainingDivergedError(RuntimeError):
@@ -32,7 +35,7 @@ class TrainingDivergedError(RuntimeError):
 
 
 class TrainState:
-    """The loop's own counters (DCP Stateful): the step and the data position."""
+    """The loop's own counters (a Stateful for the checkpoint): the step and the data position."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
@@ -57,10 +60,32 @@ def policy_spec(config: TrainConfig, dataset) -> dict[str, Any]:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, *, resume: bool = False) -> None:
+    def __init__(self, config: TrainConfig, *, resume: bool = False, trust_checkpoint: bool = False) -> None:
         if config.parallel.retain_host_memory:
             retain_freed_memory()
         self.world: World = init_world(config.parallel.device, need_group=config.parallel.fsdp is True)
+        self.run_dir = Path(config.output_dir)
+        self.lock = self.lock_run_dir()
+        try:
+            self.build(config, resume=resume, trust_checkpoint=trust_checkpoint)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def lock_run_dir(self) -> RunLock:
+        """Rank 0 takes the run directory's lock; every rank fails at once if it cannot."""
+        lock, error = RunLock(self.run_dir), None
+        if self.world.is_main:
+            try:
+                lock.acquire()
+            except (RunDirectoryInUseError, OSError) as err:
+                error = err
+        if not self.world.all_true(error is None):
+            lock.release()
+            raise error or RunDirectoryInUseError(f"rank 0 could not lock output_dir {self.run_dir}")
+        return lock
+
+    def build(self, config: TrainConfig, *, resume: bool, trust_checkpoint: bool) -> None:
         self.sharded = config.parallel.fsdp if config.parallel.fsdp is not None else self.world.world_size > 1
         if self.world.world_size > 1 and not self.sharded:
             raise ConfigError("parallel.fsdp: several processes train only with FSDP; set it to true or null")
@@ -69,9 +94,9 @@ class Trainer:
             raise ConfigError(f"batch_size: {config.batch_size} is not divisible by world size "
                               f"{self.world.world_size} x optim.grad_accum_steps {accum}")
         self.micro_batch_size = config.batch_size // (self.world.world_size * accum)
-        self.run_dir = Path(config.output_dir)
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", every=config.checkpoint.every,
-                                         keep_last=config.checkpoint.keep_last, world=self.world)
+                                         keep_last=config.checkpoint.keep_last, world=self.world,
+                                         trust_legacy=trust_checkpoint)
         self.resuming = self.checkpointer.latest() is not None
         if self.resuming and not resume:
             raise ConfigError(f"output_dir {self.run_dir} already holds checkpoints: pass --resume to continue, "
@@ -128,17 +153,21 @@ class Trainer:
         return policy
 
     def state(self) -> dict[str, Any]:
-        """Everything a checkpoint holds (DCP Stateful objects); RNG streams are per rank."""
+        """Everything a checkpoint holds (Stateful objects); the RNG streams are per rank."""
         state = {"model": ModelAndOptimizer(self.model, self.optimizer), "scheduler": self.scheduler,
-                 "trainer": TrainState(self), f"rng_rank{self.world.rank}": RNGState()}
+                 "trainer": TrainState(self), "rng": RNGState()}
         if self.ema is not None:
             state["ema"] = self.ema
         return state
 
     # ------------------------------------------------------------------ the loop
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch on the device, without the observations the policy does not declare (a dataset may
+        hold more cameras or states than the policy reads; the policy refuses undeclared ones)."""
+        declared = self.policy.input_features
         return {k: v.to(self.world.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                for k, v in batch.items()}
+                for k, v in batch.items()
+                if not k.startswith(DECLARED_PREFIXES) or k.removesuffix(PAD_SUFFIX) in declared}
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns rank-averaged metrics."""
@@ -178,7 +207,14 @@ class Trainer:
         raise TrainingDivergedError(f"{what} at step {self.step + 1}: training stopped; {where}")
 
     def train(self) -> Path:
-        """Run the remaining steps, checkpoint, export, evaluate; returns the run directory."""
+        """Run the remaining steps, checkpoint, export, evaluate; returns the run directory. The run
+        directory's lock is released when this returns or raises."""
+        try:
+            return self._train()
+        finally:
+            self.lock.release()
+
+    def _train(self) -> Path:
         cfg = self.config
         logger = MetricsLogger(self.run_dir, cfg.log, total_steps=cfg.steps, start_step=self.step,
                                enabled=self.world.is_main)
@@ -225,12 +261,15 @@ class Trainer:
         return out
 
     def close(self) -> None:
+        self.lock.release()
         close_world()
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> Path:
-    """Train from a config; returns the run directory (its path is the last line printed)."""
-    trainer = Trainer(config, resume=resume)
+def train(config: TrainConfig, *, resume: bool = False, trust_checkpoint: bool = False) -> Path:
+    """Train from a config; returns the run directory (its path is the last line printed).
+
+    ``trust_checkpoint`` resumes from a checkpoint in the old pickle-based format (it can run code)."""
+    trainer = Trainer(config, resume=resume, trust_checkpoint=trust_checkpoint)
     try:
         run_dir = trainer.train()
     finally:
@@ -240,4 +279,4 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     return run_dir
 
 
-__all__ = ["Trainer", "TrainingDivergedError", "train"]
+__all__ = ["RunDirectoryInUseError", "Trainer", "TrainingDivergedError", "train"]

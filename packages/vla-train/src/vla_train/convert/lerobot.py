@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from vla_core import ConfigError, load_tensors
+from vla_core.paths import inside, missing_path_error
 
 LEROBOT_CONVERTERS = {
     "act": "vla_train.convert.lerobot_act",
@@ -27,11 +28,14 @@ LEROBOT_CONVERTERS = {
 
 def convert_lerobot(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Convert the LeRobot policy directory ``src`` into a vla policy directory ``dst``."""
-    src, dst = Path(src), Path(dst)
+    given, src, dst = src, Path(src).expanduser(), Path(dst)
+    if not src.is_dir():
+        raise missing_path_error(given, "LeRobot policy directory") if not src.exists() else NotADirectoryError(
+            f"{src} is not a directory: expected a LeRobot policy directory")
     config_path = src / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: not a LeRobot policy directory")
-    policy_type = json.loads(config_path.read_text()).get("type")
+    policy_type = read_json(config_path).get("type")
     if policy_type not in LEROBOT_CONVERTERS:
         raise ConfigError(
             f"{config_path}: LeRobot policy type {policy_type!r} has no converter; supported: "
@@ -41,16 +45,30 @@ def convert_lerobot(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return module.convert(src, dst)
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; errors name the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, received {type(data).__name__}")
+    return data
+
+
 def read_lerobot_stats(src: Path) -> dict[str, dict[str, torch.Tensor]]:
     """``{feature: {stat: tensor}}`` from the (un)normalizer steps of LeRobot's processor files
-    (``policy_preprocessor*.json`` / ``policy_postprocessor*.json`` and the state files they name)."""
+    (``policy_preprocessor*.json`` / ``policy_postprocessor*.json`` and the state files they name,
+    which must lie inside ``src``)."""
     stats: dict[str, dict[str, torch.Tensor]] = {}
     for pipeline in sorted(src.glob("policy_*processor*.json")):
-        for step in json.loads(pipeline.read_text()).get("steps", []):
-            state_file = step.get("state_file")
-            if not state_file or "normalizer" not in step.get("registry_name", ""):
+        steps = read_json(pipeline).get("steps", [])
+        for step in steps if isinstance(steps, list) else []:
+            state_file = step.get("state_file") if isinstance(step, dict) else None
+            if not state_file or "normalizer" not in str(step.get("registry_name", "")):
                 continue
-            for name, tensor in load_tensors(src / state_file).items():
+            path = inside(src, str(state_file), f"{pipeline.name}: state_file")
+            for name, tensor in load_tensors(path).items():
                 feature, _, stat = name.rpartition(".")
                 stats.setdefault(feature, {})[stat] = tensor
     if not stats:

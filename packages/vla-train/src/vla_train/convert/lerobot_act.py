@@ -8,14 +8,13 @@ from tensor shapes) and the normalizer step of ``policy_preprocessor.json`` with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from vla_core import CheckpointError, ConfigError, VLAPolicy, load_into, load_tensors
 
-from vla_train.convert.lerobot import count_indices, read_lerobot_stats
+from vla_train.convert.lerobot import count_indices, read_json, read_lerobot_stats
 
 # ours <- theirs (vla_core.load_into's ``name_mapping``): whole dotted prefixes.
 NAME_MAPPING: dict[str, str] = {
@@ -124,7 +123,7 @@ def policy_config(lr_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
 def convert(src: Path, dst: Path) -> Path:
     """Convert the LeRobot ACT directory ``src`` into a vla policy directory ``dst``; returns ``dst``."""
     src, dst = Path(src), Path(dst)
-    lr_config = json.loads((src / "config.json").read_text())
+    lr_config = read_json(src / "config.json")
     if lr_config.get("type") != "act":
         raise ConfigError(f"{src}/config.json: expected LeRobot policy type 'act', received {lr_config.get('type')!r}")
     tensors = load_tensors(src / "model.safetensors")

@@ -10,7 +10,6 @@ keypoints, kernel size, FiLM scale, GroupNorm vs BatchNorm, one encoder per came
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from vla_core import ConfigError, VLAPolicy, load_into, load_tensors
 
-from vla_train.convert.lerobot import read_lerobot_stats
+from vla_train.convert.lerobot import read_json, read_lerobot_stats
 
 # LeRobot key (regex) -> vla key, applied in order to every key.
 KEY_RENAMES: tuple[tuple[str, str], ...] = (
@@ -148,7 +147,7 @@ def policy_config(lerobot: Mapping[str, Any], tensors: Mapping[str, torch.Tensor
 def convert(src: Path, dst: Path) -> Path:
     """Convert the LeRobot diffusion policy directory ``src`` into a vla policy directory ``dst``."""
     src, dst = Path(src), Path(dst)
-    lerobot = json.loads((src / "config.json").read_text())
+    lerobot = read_json(src / "config.json")
     if lerobot.get("type") != "diffusion":
         raise ConfigError(
             f"{src / 'config.json'}: expected a LeRobot 'diffusion' policy, received {lerobot.get('type')!r}"

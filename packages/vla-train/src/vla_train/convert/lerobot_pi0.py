@@ -12,7 +12,6 @@ query heads in its joint attention and builds SigLIP with PaliGemma's 16 heads, 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from vla_core import CheckpointError, ConfigError, VLAPolicy, load_into, load_tensors
 
-from vla_train.convert.lerobot import count_indices, read_lerobot_stats
+from vla_train.convert.lerobot import count_indices, read_json, read_lerobot_stats
 
 PALIGEMMA = "model.paligemma_with_expert.paligemma.model"
 EXPERT = "model.paligemma_with_expert.gemma_expert.model"
@@ -143,7 +142,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, tokenizer: str | 
     policy takes LeRobot's pre-tokenized ``observation.language.tokens`` / ``.attention_mask``).
     """
     src, dst = Path(src), Path(dst)
-    lr = json.loads((src / "config.json").read_text())
+    lr = read_json(src / "config.json")
     if lr.get("type") != "pi0":
         raise ConfigError(f"{src / 'config.json'}: expected a LeRobot pi0 policy, received type {lr.get('type')!r}")
     tensors = lerobot_tensors(src)

@@ -20,6 +20,7 @@ import torch
 from vla_core import PolicyFeature
 from vla_core.errors import require
 from vla_core.features import TASK
+from vla_core.paths import is_local_path
 
 from vla_train.data.lerobot.meta import (
     LeRobotDataError,
@@ -39,11 +40,12 @@ def resolve_root(root: str | Path, revision: str | None = None) -> Path:
     if path.is_dir():
         return path
     text = str(root)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+    if text.count("/") == 1 and not is_local_path(root):
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id=text, repo_type="dataset", revision=revision))
-    raise LeRobotDataError(f"missing dataset directory {path} (and {text!r} is not a hub id 'owner/name')")
+    raise LeRobotDataError(f"missing dataset directory {path}: it does not exist (and {text!r} is not a hub id "
+                           "'owner/name'; a local path is never looked up on the Hugging Face Hub)")
 
 
 def _delta_indices(
@@ -114,6 +116,7 @@ class LeRobotV3Dataset(torch.utils.data.Dataset):
                 )
             self.delta_indices = _delta_indices(delta_timestamps, self.fps, self.tolerance_s)
         self._load_tables()
+        self._check_fps()
         self._check_videos()
         self._decoder = FrameDecoder()
 
@@ -146,7 +149,7 @@ class LeRobotV3Dataset(torch.utils.data.Dataset):
                 raise LeRobotDataError(
                     f"{self.root / 'meta/info.json'}: feature {key!r} has unsupported dtype {dtype!r}"
                 )
-        if self.meta.video_keys and "video_path" not in self.meta.info:
+        if self.meta.video_keys and not self.meta.info.get("video_path"):
             raise LeRobotDataError(f"{self.root / 'meta/info.json'}: video features but no 'video_path'")
 
     def _load_tables(self) -> None:
@@ -198,6 +201,25 @@ class LeRobotV3Dataset(torch.utils.data.Dataset):
                     "(truncated file or inconsistent meta/episodes)"
                 )
             self._ep_bounds[ep] = (start, end)
+
+    def _check_fps(self) -> None:
+        """``info.json``'s fps against the frames' timestamps: the typical spacing must be 1/fps (a wrong fps
+        would silently stretch every window). The median is used, so one odd frame does not trip it."""
+        order = np.argsort(self._index, kind="stable")
+        episodes = self._columns["episode_index"][order]
+        same = episodes[1:] == episodes[:-1]
+        gaps = np.diff(self._columns["timestamp"][order].astype(np.float64))[same]
+        if not gaps.size:
+            return
+        spacing, period = float(np.median(gaps)), 1.0 / self.fps
+        if abs(spacing - period) > max(self.tolerance_s, 0.01 * period):
+            ep = int(episodes[1:][same][0])
+            raise LeRobotDataError(
+                f"{self.root / 'meta/info.json'}: fps {self.fps} (frames {period:.6f} s apart) disagrees with the "
+                f"timestamps in {self.meta.data_file(ep)} and the other data files, whose frames are "
+                f"{spacing:.6f} s apart ({1 / spacing if spacing > 0 else float('inf'):.4g} fps); fix fps or the "
+                "timestamps"
+            )
 
     def _column(self, table: Any, key: str, path: Path, pc: Any) -> Any:
         import pyarrow as pa
@@ -322,9 +344,10 @@ class LeRobotV3Dataset(torch.utils.data.Dataset):
 
         cell = self._columns[key][row].as_py()
         data = cell.get("bytes") if isinstance(cell, dict) else cell
+        file = self.meta.file_in_root(str(cell["path"]), f"image path of {key!r}") if data is None else None
         try:
-            if data is None:
-                image = Image.open(self.root / cell["path"])
+            if file is not None:
+                image = Image.open(file)
             else:
                 image = Image.open(io.BytesIO(data))
             array = np.asarray(image.convert("RGB"))

@@ -26,6 +26,7 @@ import numpy as np
 from vla_core import FeatureType, PolicyFeature
 from vla_core.errors import require
 from vla_core.features import ACTION, OBS_ENV_STATE, OBS_STATE, TASK
+from vla_core.paths import inside
 
 CODEBASE_VERSION = "v3.0"
 INFO_PATH = "meta/info.json"
@@ -104,7 +105,7 @@ class LeRobotMeta:
 
     @property
     def fps(self) -> int:
-        return int(self.info["fps"])
+        return int(self.info["fps"])  # checked by load_info: a positive integer
 
     @property
     def features(self) -> dict[str, dict[str, Any]]:
@@ -132,12 +133,29 @@ class LeRobotMeta:
             self.episodes.get(episode, "data/chunk_index"),
             self.episodes.get(episode, "data/file_index"),
         )
-        return self.root / self.info["data_path"].format(chunk_index=chunk, file_index=file)
+        return self.path_in_root("data_path", chunk_index=chunk, file_index=file)
 
     def video_file(self, episode: int, key: str) -> Path:
         chunk = self.episodes.get(episode, f"videos/{key}/chunk_index")
         file = self.episodes.get(episode, f"videos/{key}/file_index")
-        return self.root / self.info["video_path"].format(video_key=key, chunk_index=chunk, file_index=file)
+        return self.path_in_root("video_path", video_key=key, chunk_index=chunk, file_index=file)
+
+    def path_in_root(self, field: str, **values: Any) -> Path:
+        """``info[field]`` (a path template) filled with ``values``; it must stay inside the dataset root."""
+        template = self.info[field]
+        try:
+            relative = template.format(**values)
+        except (KeyError, IndexError, ValueError) as err:
+            raise LeRobotDataError(f"{self.root / INFO_PATH}: {field} {template!r} is not a template of "
+                                   f"{sorted(values)} ({type(err).__name__}: {err})") from None
+        return self.file_in_root(relative, f"{self.root / INFO_PATH}: {field} {template!r} gives")
+
+    def file_in_root(self, relative: str, what: str) -> Path:
+        """``root / relative``, refused when it leads outside the dataset root (``..``, an absolute path)."""
+        try:
+            return inside(self.root, relative, what)
+        except ValueError as err:
+            raise LeRobotDataError(str(err)) from None
 
     def policy_features(self) -> dict[str, PolicyFeature]:
         """``{key: PolicyFeature}`` of the keys a policy consumes (cameras, states, action, task)."""
@@ -178,7 +196,31 @@ def load_info(root: Path) -> dict[str, Any]:
     for name in ("fps", "features", "data_path"):
         if name not in info:
             raise LeRobotDataError(f"{root / INFO_PATH}: missing field {name!r}")
+    check_info(info, root / INFO_PATH)
     return info
+
+
+def check_info(info: dict[str, Any], path: Path) -> None:
+    """Field types of ``info.json``: errors name the field, the expected and the received."""
+    fps = info["fps"]
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or fps <= 0 or fps != int(fps):
+        raise LeRobotDataError(f"{path}: field 'fps' must be a positive integer (frames per second), received {fps!r}")
+    for name in ("data_path", "video_path"):
+        if info.get(name) is not None and not isinstance(info[name], str) or name == "data_path" and not info[name]:
+            raise LeRobotDataError(f"{path}: field {name!r} must be a path template string, received {info[name]!r}")
+    features = info["features"]
+    if not isinstance(features, dict):
+        raise LeRobotDataError(f"{path}: field 'features' must be a mapping of feature names, received "
+                               f"{type(features).__name__}")
+    for key, feat in features.items():
+        if not isinstance(feat, dict) or not isinstance(feat.get("dtype"), str):
+            raise LeRobotDataError(f"{path}: field 'features.{key}' must be a mapping with a 'dtype' string, "
+                                   f"received {feat!r}")
+        shape = feat.get("shape")
+        if not isinstance(shape, (list, tuple)) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+            raise LeRobotDataError(f"{path}: field 'features.{key}.shape' must be a list of positive integers, "
+                                   f"received {shape!r}")
 
 
 def load_stats(root: Path) -> dict[str, dict[str, np.ndarray]]:
