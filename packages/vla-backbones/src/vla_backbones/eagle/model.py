@@ -141,8 +141,9 @@ class EagleBackbone(Backbone):
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), images.to(embeds.dtype))
         elif bool(is_image.any()):
             raise ValueError(f"{INPUT_IDS} holds image tokens but the batch has no {PIXEL_VALUES}")
-        # position ids default to arange(L), ignoring left padding, as GR00T N1.5 does
-        hidden = self.llm(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
+        # position ids default to arange(L), ignoring left padding, as GR00T N1.5 does. No KV cache: a
+        # cache would be written again when activation checkpointing recomputes a layer.
+        hidden = self.llm(inputs_embeds=embeds, attention_mask=mask.long(), use_cache=False).last_hidden_state
         if self.projector is not None:
             hidden = self.projector(hidden)
         return BackboneOutput(features=hidden, attention_mask=mask.bool())
