@@ -1,4 +1,5 @@
-"""GR00T N1.5 as a vla policy: the ready configs, and a tiny Eagle + DiT policy learning a fixed batch on CPU."""
+"""GR00T N1.5 as a vla policy: the ready configs, a tiny Eagle + DiT policy learning a fixed batch on CPU, and the
+tiny pair (``tiny_config``) under activation checkpointing + FSDP2 and bf16 autocast."""
 
 from __future__ import annotations
 
@@ -7,10 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_tokenizer import make_tiny_tokenizer
-
+from vla_backbones.eagle.processor import IMAGE_TOKEN, PROMPT_TOKENS
+from vla_backbones.word_tokenizer import save_word_tokenizer
 from vla_core import HEADS, VLAPolicy
+from vla_core.parallel import apply_activation_checkpointing, apply_fsdp2
 from vla_core.policy import resolve_config
+from vla_core.testing import (
+    check_bf16_autocast,
+    check_sharded_training,
+    policy_batch,
+    set_random_stats,
+    single_process_group,
+    tiny_policy_config,
+)
+from vla_heads.dit_flow_matching.dit import TransformerBlock
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -22,7 +33,9 @@ def load(name: str) -> dict:
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
     cfg = load("groot_tiny.yaml")
-    cfg["backbone"]["tokenizer_path"] = make_tiny_tokenizer(tmp_path_factory.mktemp("tok"), 60)
+    path = tmp_path_factory.mktemp("tok")
+    vocab = save_word_tokenizer(path, ["pick up the cube", "open the drawer"], special_tokens=[*PROMPT_TOKENS, IMAGE_TOKEN])
+    cfg["backbone"].update(tokenizer_path=str(path), image_token_id=vocab[IMAGE_TOKEN])
     return cfg
 
 
@@ -93,3 +106,49 @@ def test_tiny_policy_save_load_round_trip(tiny_config, tmp_path):
     again = VLAPolicy.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(again.predict_action_chunk(batch, noise=noise), want)
     assert len(again.backbone.llm.layers) == 2
+
+
+# ----------------------------------------------------------------- the tiny pair under FSDP2 / checkpointing / bf16
+def tiny_pair(workdir: Path):
+    """``make()`` building equal tiny Eagle + DiT policies (every part trainable), and a batch for them."""
+    config = tiny_policy_config("eagle", "dit_flow_matching", workdir)
+
+    def make() -> VLAPolicy:
+        torch.manual_seed(0)
+        return set_random_stats(VLAPolicy(config))
+
+    return make, policy_batch(make())
+
+
+def test_tiny_pair_trains_under_checkpointing_and_fsdp2_and_predicts_sharded(tmp_path):
+    """Every SigLIP, Qwen3 and DiT / VL block is its own unit, recomputed in backward; the sharded policy's
+    loss, gradients and cached inference (the blocks' project_context / modulation) equal the plain one's."""
+    make, batch = tiny_pair(tmp_path)
+    assert {c.__name__ for c in make().fsdp_units()} == {"SiglipEncoderLayer", "Qwen3DecoderLayer", "TransformerBlock"}
+    check_sharded_training(make, batch)
+
+
+def test_sharded_inference_caches_go_through_the_blocks_registered_methods(tmp_path):
+    make, batch = tiny_pair(tmp_path)
+    plain, sharded = make().eval(), make().eval()
+    calls = []
+    for block in [m for m in sharded.modules() if isinstance(m, TransformerBlock)]:
+        for name in TransformerBlock.fsdp_forward_methods:
+            inner = getattr(block, name)
+            setattr(block, name, lambda *a, _inner=inner, _name=name: calls.append(_name) or _inner(*a))
+    apply_activation_checkpointing(sharded)
+    obs = {k: v for k, v in batch.items() if k not in ("action", "action_is_pad")}
+    noise = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(1))
+    with single_process_group():
+        from torch.distributed.device_mesh import init_device_mesh
+
+        apply_fsdp2(sharded, init_device_mesh("cpu", (1,)))
+        got = sharded.predict_action_chunk(obs, noise=noise)
+    torch.testing.assert_close(got, plain.predict_action_chunk(obs, noise=noise), rtol=1e-5, atol=1e-6)
+    # 2 cross-attention blocks project the context once per chunk; 4 blocks modulate all steps at once
+    assert sorted(calls) == ["modulation"] * 4 + ["project_context"] * 2
+
+
+def test_tiny_pair_trains_under_bf16_autocast(tmp_path):
+    make, batch = tiny_pair(tmp_path)
+    check_bf16_autocast(make(), batch)

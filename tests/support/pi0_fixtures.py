@@ -21,15 +21,8 @@ TINY_HEAD = {
 
 
 def make_tokenizer(directory: Path, texts=TASKS) -> Path:
-    """A word-level tokenizer (``<pad>`` 0, ``<bos>`` 1, ``<unk>`` 2) saved with save_pretrained."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """A word-level tokenizer (``<pad>`` 0, ``<bos>`` 1, ``<unk>`` 2, then the words) saved with save_pretrained."""
+    from vla_backbones.word_tokenizer import save_word_tokenizer
 
-    words = sorted({w for t in texts for w in t.split()})
-    vocab = {"<pad>": 0, "<bos>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>")
-    fast.save_pretrained(str(directory))
+    save_word_tokenizer(directory, texts, bos_token="<bos>")
     return directory

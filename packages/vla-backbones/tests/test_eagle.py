@@ -6,12 +6,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
+from vla_backbones.eagle import EagleBackbone, EagleConfig
+from vla_backbones.eagle.convert import eagle_name_mapping, load_eagle_weights
+from vla_backbones.eagle.processor import IMAGE_TOKEN, PROMPT_TOKENS
+from vla_backbones.word_tokenizer import save_word_tokenizer
 from vla_core import ConfigError, build_backbone
 from vla_core.features import PolicyFeature
 from vla_core.testing import check_backbone, random_batch
-from vla_backbones.eagle import EagleBackbone, EagleConfig
-from vla_backbones.eagle.convert import eagle_name_mapping, load_eagle_weights
 
 IMG = 60
 VISION = {"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -21,7 +22,8 @@ LLM = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 3, "num_
 
 
 def tiny(**overrides) -> EagleBackbone:
-    fields = dict(vision=VISION, llm=LLM, select_layer=2, image_token_id=IMG, tune_llm=True, tune_visual=True)
+    fields = {"vision": VISION, "llm": LLM, "select_layer": 2, "image_token_id": IMG, "tune_llm": True,
+              "tune_visual": True}
     fields.update(overrides)
     torch.manual_seed(0)
     return EagleBackbone(EagleConfig(**fields)).eval()
@@ -156,30 +158,22 @@ def test_config_errors_name_the_field():
 
 # ----------------------------------------------------------------- processor (a tiny local tokenizer)
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["[UNK]", "<pad>", "pick", "up", "the", "cube", "open", "drawer", "user", "assistant", "[", "]", "'"]
-    specials = ["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<image 1>", "<image 2>"]
-    vocab = {w: i for i, w in enumerate(words + specials)}
-    vocab["<IMG_CONTEXT>"] = IMG
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens([*specials, "<IMG_CONTEXT>"])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="<pad>")
+def tokenizer(tmp_path_factory):
+    """(directory, image token id) of a word-level tokenizer with the Eagle prompt tokens."""
     path = tmp_path_factory.mktemp("tok")
-    fast.save_pretrained(path)
-    return str(path)
+    vocab = save_word_tokenizer(path, ["pick up the cube", "open the drawer", "user assistant"],
+                                special_tokens=[*PROMPT_TOKENS, IMAGE_TOKEN])
+    return str(path), vocab[IMAGE_TOKEN]
 
 
-def test_processor_builds_prompt_with_image_tokens_and_left_padding(tokenizer_dir):
+def test_processor_builds_prompt_with_image_tokens_and_left_padding(tokenizer):
     cams = ("observation.images.top", "observation.images.wrist")
-    bb = tiny(image_keys=cams, tokenizer_path=tokenizer_dir)
+    path, img = tokenizer
+    bb = tiny(image_keys=cams, tokenizer_path=path, image_token_id=img)
     batch = {"task": ["pick up the cube", "open"], cams[0]: torch.rand(2, 3, 32, 40), cams[1]: torch.rand(2, 3, 28, 28)}
     enc = bb.processor()(batch)
     ids, mask = enc["eagle_input_ids"], enc["eagle_attention_mask"]
-    assert ((ids == IMG).sum(1) == 2 * 16).all()  # two cameras x 16 tokens per sample
+    assert ((ids == img).sum(1) == 2 * 16).all()  # two cameras x 16 tokens per sample
     assert enc["eagle_pixel_values"].shape == (4, 3, 28, 28)  # resized, sample-major
     assert enc["eagle_pixel_values"].min() >= -1 and enc["eagle_pixel_values"].max() <= 1
     assert not mask[1, 0] and mask[1, -1] and mask[0].all()  # the shorter prompt is left-padded
@@ -188,8 +182,34 @@ def test_processor_builds_prompt_with_image_tokens_and_left_padding(tokenizer_di
     torch.testing.assert_close(out.attention_mask, mask)
 
 
-def test_contract_suite_with_task_and_images(tokenizer_dir):
+def test_contract_suite_with_task_and_images(tokenizer):
     features = {"observation.images.top": PolicyFeature("VISUAL", (3, 28, 28)), "task": PolicyFeature("LANGUAGE", ())}
-    bb = build_backbone({"type": "eagle", "vision": VISION, "llm": LLM, "select_layer": 2, "image_token_id": IMG,
-                         "image_keys": ["observation.images.top"], "tokenizer_path": tokenizer_dir})
+    path, img = tokenizer
+    bb = build_backbone({"type": "eagle", "vision": VISION, "llm": LLM, "select_layer": 2, "image_token_id": img,
+                         "image_keys": ["observation.images.top"], "tokenizer_path": path})
     check_backbone(bb, random_batch(features, batch_size=2))
+
+
+def test_tiny_config_takes_two_32px_cameras_and_task_strings(tmp_path):
+    cams = ["observation.images.top", "observation.images.wrist"]
+    bb = build_backbone({"type": "eagle", **EagleBackbone.tiny_config(tmp_path), "image_keys": cams})
+    assert bb.config.tokens_per_image == 4 and all(p.requires_grad for p in bb.parameters())
+    g = torch.Generator().manual_seed(0)
+    batch = {"task": ["pick up the red cube", "reach the blue target"],
+             **{k: torch.rand(2, 3, 32, 32, generator=g) for k in cams}}
+    out = check_backbone(bb, batch)
+    ids = bb.processor()(batch)["eagle_input_ids"]
+    assert out.features.shape == (2, ids.shape[1], 32)
+    assert ((ids == bb.config.image_token_id).sum(1) == 2 * 4).all()
+    assert not (ids == bb.processor().tokenizer.unk_token_id).any()  # the tiny vocabulary knows these tasks
+
+
+def test_no_kv_cache_is_built_so_recomputed_layers_see_the_same_inputs():
+    """A KV cache would be appended to again when activation checkpointing recomputes a layer."""
+    bb = tiny()
+    seen = []
+    hook = bb.llm.layers[0].register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("past_key_values")),
+                                                      with_kwargs=True)
+    bb(tokens(1, 16))
+    hook.remove()
+    assert seen == [None]

@@ -7,11 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pi0_fixtures import CAMERA, TASKS, TINY_BACKBONE, make_tokenizer
-
 from vla_backbones.paligemma import LANGUAGE_MASK, LANGUAGE_TOKENS, PaliGemmaBackbone, TaskTokenizer
 from vla_backbones.paligemma.images import resize_with_pad
 from vla_backbones.paligemma.layers import GemmaPrefixLayer
-from vla_core import BACKBONES, ConfigError, build_backbone
+from vla_core import BACKBONES, ConfigError, ContextNeeds, ContextSpec, KVGeometry, build_backbone
 from vla_core.testing import check_backbone
 
 
@@ -40,7 +39,26 @@ def test_contract_and_shapes():
     for k, v in out.past_key_values:
         assert k.shape == v.shape == (2, 1, 10, 8)
     assert bb.fsdp_units() == {GemmaPrefixLayer, type(bb.vision_tower.vision_model.encoder.layers[0])}
-    assert bb.context_spec() == {"prefix_num_layers": 2, "prefix_num_kv_heads": 1, "prefix_head_dim": 8}
+    assert bb.context_spec() == ContextSpec(width=64, num_tokens=None, kv=KVGeometry(2, 1, 8))
+
+
+def test_tiny_config_takes_two_32px_cameras_and_task_strings(tmp_path):
+    cams = ["observation.images.top", "observation.images.wrist"]
+    bb = build_backbone({"type": "paligemma", **PaliGemmaBackbone.tiny_config(tmp_path), "image_keys": cams})
+    g = torch.Generator().manual_seed(0)
+    batch = {"task": ["pick up the red cube", "reach the blue target"],
+             **{k: torch.rand(2, 3, 32, 32, generator=g) for k in cams}}
+    out = check_backbone(bb, batch)
+    assert out.features.shape == (2, 2 * 4 + 8, 64) and len(out.past_key_values) == 2
+    ids, _ = bb.tokenizer(batch["task"], "cpu")
+    assert ids[:, 0].eq(1).all() and not ids.eq(bb.tokenizer.tokenizer.unk_token_id).any()
+
+
+def test_configure_for_gives_hidden_states_to_heads_that_read_features():
+    config = PaliGemmaBackbone.config_class.from_dict({k: v for k, v in TINY_BACKBONE.items() if k != "type"})
+    assert not config.return_hidden_states
+    assert PaliGemmaBackbone.configure_for(config, ContextNeeds(kv=True)) == config
+    assert PaliGemmaBackbone.configure_for(config, ContextNeeds()).return_hidden_states
 
 
 def test_kv_only_mode_gives_the_same_kv_and_embeddings_as_features():
@@ -90,10 +108,11 @@ def test_matches_transformers_paligemma_loaded_from_save_pretrained(tmp_path):
     from transformers import DynamicCache, PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
     cfg = PaliGemmaConfig(
-        text_config=dict(model_type="gemma", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=16, vocab_size=40),
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=28, patch_size=14, projection_dim=64),
+        text_config={"model_type": "gemma", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 40},
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 48,
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 28, "patch_size": 14,
+                       "projection_dim": 64},
         image_token_index=39, vocab_size=40, projection_dim=64,
     )
     torch.manual_seed(0)

@@ -8,7 +8,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from vla_core import BackboneOutput, ConfigError, build_head
 from vla_core.features import PolicyFeature
 from vla_core.testing import check_head, random_batch
@@ -20,13 +19,12 @@ CTX = 24
 
 
 def tiny(**overrides) -> DiTFlowMatchingHead:
-    fields = dict(
-        context_dim=CTX, state_dim=5, action_dim=3, horizon=4, max_state_dim=8, max_action_dim=6,
-        embodiments={"arm": 0, "humanoid": 2}, num_embodiments=None, default_embodiment="arm", hidden_dim=16,
-        num_future_tokens=2, num_layers=4, num_heads=2, head_dim=8, vl_self_attention_layers=2, vl_num_heads=4,
-        max_seq_len=8,
-    )
-    fields.update(overrides)
+    fields = {
+        "context_dim": CTX, "state_dim": 5, "action_dim": 3, "horizon": 4, "max_state_dim": 8, "max_action_dim": 6,
+        "embodiments": {"arm": 0, "humanoid": 2}, "num_embodiments": None, "default_embodiment": "arm",
+        "hidden_dim": 16, "num_future_tokens": 2, "num_layers": 4, "num_heads": 2, "head_dim": 8,
+        "vl_self_attention_layers": 2, "vl_num_heads": 4, "max_seq_len": 8, **overrides,
+    }
     torch.manual_seed(0)
     return DiTFlowMatchingHead(DiTFlowMatchingConfig(**fields))
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
-
 from vla_core import LoadReport, load_into, load_tensors
+
 from vla_backbones.eagle.config import EagleConfig
 
 GROOT_PREFIX = "backbone.eagle_model"

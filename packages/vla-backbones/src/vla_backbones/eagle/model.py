@@ -6,6 +6,7 @@ Shapes: ``B`` batch, ``L`` text tokens, ``N`` images (all cameras of all samples
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,9 +14,13 @@ from torch import Tensor, nn
 from transformers import Qwen2Config, Qwen2Model, Qwen3Config, Qwen3Model, SiglipVisionConfig
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
-from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipEncoderLayer, SiglipVisionEmbeddings
-
+from transformers.models.siglip.modeling_siglip import (
+    SiglipEncoder,
+    SiglipEncoderLayer,
+    SiglipVisionEmbeddings,
+)
 from vla_core import BACKBONES, Backbone, BackboneOutput
+
 from vla_backbones.eagle.config import EagleConfig
 
 INPUT_IDS, ATTENTION_MASK, PIXEL_VALUES = "eagle_input_ids", "eagle_attention_mask", "eagle_pixel_values"
@@ -31,8 +36,8 @@ class VisionTower(nn.Module):
         self.encoder = SiglipEncoder(config)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        x = self.embeddings(pixel_values.to(self.embeddings.patch_embedding.weight.dtype))
-        return self.encoder(inputs_embeds=x).last_hidden_state
+        # (SigLIP's embeddings cast the pixels to their own dtype)
+        return self.encoder(inputs_embeds=self.embeddings(pixel_values)).last_hidden_state
 
 
 def pixel_shuffle(x: Tensor, ratio: float) -> Tensor:
@@ -97,6 +102,31 @@ class EagleBackbone(Backbone):
     def fsdp_units(self) -> set[type[nn.Module]]:
         return {SiglipEncoderLayer, _LLM[self.config.llm_type][2]}
 
+    @classmethod
+    def tiny_config(cls, workdir: Path) -> dict[str, Any]:
+        """Config fields of a tiny instance for the contract suite; builds in well under a second.
+
+        A 2-layer SigLIP at 32 px (patch 16: 4 tokens per image), a 2-layer Qwen3 of width 32, all
+        trainable, and a word-level tokenizer with the prompt tokens written to ``workdir / "tokenizer"``.
+        """
+        from vla_backbones.eagle.processor import IMAGE_TOKEN, PROMPT_TOKENS
+        from vla_backbones.word_tokenizer import TINY_TASK_WORDS, save_word_tokenizer
+
+        directory = Path(workdir) / "tokenizer"
+        vocab = save_word_tokenizer(directory, [*TINY_TASK_WORDS, "user assistant [' ']"],  # the prompt's words
+                                    special_tokens=[*PROMPT_TOKENS, IMAGE_TOKEN])
+        return {
+            "vision": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 16},
+            "llm": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "num_key_value_heads": 2, "head_dim": 8, "vocab_size": len(vocab), "max_position_embeddings": 256},
+            "select_layer": 2,
+            "image_token_id": vocab[IMAGE_TOKEN],
+            "tune_llm": True,
+            "tune_visual": True,
+            "tokenizer_path": str(directory),
+        }
+
     # ----------------------------------------------------------------- forward
     def encode_images(self, pixel_values: Tensor) -> Tensor:
         """(N, 3, H, W) normalized pixels -> (N, Q, D) image tokens for the LLM."""
@@ -119,9 +149,10 @@ class EagleBackbone(Backbone):
             mask = batch.get(ATTENTION_MASK)
             mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
             return ids, mask, batch.get(PIXEL_VALUES)
-        enc = self.processor()(batch)
-        device = self.llm.embed_tokens.weight.device
-        return enc[INPUT_IDS].to(device), enc[ATTENTION_MASK].to(device), enc[PIXEL_VALUES].to(device)
+        enc = self.processor()(batch)  # token ids on the CPU: move them to the batch's tensors
+        device = next((v.device for v in batch.values() if isinstance(v, Tensor)), None)
+        pixels = enc[PIXEL_VALUES]
+        return enc[INPUT_IDS].to(device), enc[ATTENTION_MASK].to(device), None if pixels is None else pixels.to(device)
 
     def forward(self, batch: Any) -> BackboneOutput:
         """Pre-tokenized ``eagle_input_ids`` (B, L), ``eagle_attention_mask`` (B, L), ``eagle_pixel_values``
@@ -141,8 +172,9 @@ class EagleBackbone(Backbone):
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), images.to(embeds.dtype))
         elif bool(is_image.any()):
             raise ValueError(f"{INPUT_IDS} holds image tokens but the batch has no {PIXEL_VALUES}")
-        # position ids default to arange(L), ignoring left padding, as GR00T N1.5 does
-        hidden = self.llm(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
+        # position ids default to arange(L), ignoring left padding, as GR00T N1.5 does. No KV cache: a
+        # cache would be written again when activation checkpointing recomputes a layer.
+        hidden = self.llm(inputs_embeds=embeds, attention_mask=mask.long(), use_cache=False).last_hidden_state
         if self.projector is not None:
             hidden = self.projector(hidden)
         return BackboneOutput(features=hidden, attention_mask=mask.bool())

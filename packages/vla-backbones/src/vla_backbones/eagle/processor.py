@@ -13,10 +13,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
 from vla_core import TASK, ConfigError
 
 IMAGE_TOKEN, IMAGE_START, IMAGE_END = "<IMG_CONTEXT>", "<img>", "</img>"
+# The prompt's other markers (a tokenizer should know them as special tokens), for up to two cameras.
+PROMPT_TOKENS = ("<|im_start|>", "<|im_end|>", IMAGE_START, IMAGE_END, "<image 1>", "<image 2>")
 
 
 class EagleProcessor:

@@ -10,19 +10,34 @@ shape (B, Hkv, T, d) (K/V heads, prefix tokens, head dim), positions ``cumsum(ma
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import SiglipVisionConfig
 from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
-from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipEncoderLayer, SiglipVisionEmbeddings
-
-from vla_core import BACKBONES, Backbone, BackboneOutput, ComponentConfig, ConfigError
+from transformers.models.siglip.modeling_siglip import (
+    SiglipEncoder,
+    SiglipEncoderLayer,
+    SiglipVisionEmbeddings,
+)
+from vla_core import (
+    BACKBONES,
+    Backbone,
+    BackboneOutput,
+    ComponentConfig,
+    ConfigError,
+    ContextNeeds,
+    ContextSpec,
+    KVGeometry,
+)
 from vla_core.config import check_positive
 from vla_core.features import TASK
+
 from vla_backbones.paligemma.images import to_siglip_range
 from vla_backbones.paligemma.layers import GemmaPrefixLayer, prefix_attention_bias, rope_cos_sin
 from vla_backbones.paligemma.tokenizer import TaskTokenizer
@@ -146,9 +161,9 @@ class GemmaPrefixModel(nn.Module):
         self.norm = GemmaRMSNorm(c.width, eps=c.rms_eps)
 
     def embed(self, ids: Tensor) -> Tensor:
-        """(B, L) ids -> (B, L, D), scaled by sqrt(D) in the weight dtype (transformers 5 / LeRobot)."""
-        weight = self.embed_tokens.weight
-        return self.embed_tokens(ids) * torch.tensor(weight.shape[1] ** 0.5, dtype=weight.dtype)
+        """(B, L) ids -> (B, L, D), scaled by sqrt(D) in the embedding's dtype (transformers 5 / LeRobot)."""
+        x = self.embed_tokens(ids)
+        return x * torch.tensor(x.shape[-1] ** 0.5, dtype=x.dtype)
 
     def forward(self, x: Tensor, pad_mask: Tensor, *, full: bool) -> tuple[Tensor | None, tuple[tuple[Tensor, Tensor], ...]]:
         """x (B, T, D), pad_mask (B, T) bool -> (normed hidden (B, T, D) or None, per-layer (k, v)).
@@ -229,10 +244,36 @@ class PaliGemmaBackbone(Backbone):
     def fsdp_units(self) -> set[type[nn.Module]]:
         return {SiglipEncoderLayer, GemmaPrefixLayer}
 
-    def context_spec(self) -> dict[str, Any]:
-        """The K/V geometry an expert head must match (filled into its config by the policy)."""
+    @classmethod
+    def tiny_config(cls, workdir: Path) -> dict[str, Any]:
+        """Config fields of a tiny instance for the contract suite; builds in well under a second.
+
+        2 SigLIP layers at 32 px (patch 16: 4 tokens per camera), a 2-layer Gemma of width 64 with 8
+        query heads sharing 1 K/V head of dim 8, and a word-level tokenizer in ``workdir / "tokenizer"``.
+        """
+        from vla_backbones.word_tokenizer import TINY_TASK_WORDS, save_word_tokenizer
+
+        directory = Path(workdir) / "tokenizer"
+        vocab = save_word_tokenizer(directory, TINY_TASK_WORDS, bos_token="<bos>")
+        return {
+            "image_size": 32, "patch_size": 16, "vision_width": 32, "vision_depth": 2, "vision_mlp_dim": 64,
+            "vision_num_heads": 2, "width": 64, "depth": 2, "mlp_dim": 128, "num_heads": 8, "num_kv_heads": 1,
+            "head_dim": 8, "vocab_size": len(vocab), "max_token_len": 8, "tokenizer": str(directory),
+        }
+
+    @classmethod
+    def configure_for(cls, config: PaliGemmaBackboneConfig, needs: ContextNeeds) -> PaliGemmaBackboneConfig:
+        """A head that reads only the features gets the final hidden states (``return_hidden_states``);
+        an expert that reads the K/V keeps the cheaper K/V-only pass."""
+        if not needs.kv and not config.return_hidden_states:
+            return dataclasses.replace(config, return_hidden_states=True)
+        return config
+
+    def context_spec(self) -> ContextSpec:
+        """Width D, a token count that varies with the language input, and the per-layer K/V geometry."""
         c = self.config
-        return {"prefix_num_layers": c.depth, "prefix_num_kv_heads": c.num_kv_heads, "prefix_head_dim": c.head_dim}
+        return ContextSpec(width=c.width, num_tokens=None,
+                           kv=KVGeometry(num_layers=c.depth, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim))
 
     # ------------------------------------------------------------------ inputs
     def language_inputs(self, batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -252,9 +293,10 @@ class PaliGemmaBackbone(Backbone):
         return self.tokenizer(list(batch[TASK]), device)
 
     def embed_images(self, images: Tensor) -> Tensor:
-        """(N, 3, S, S) in [-1, 1] -> (N, image_tokens, D): SigLIP last hidden state, projected."""
-        vision_dtype = self.multi_modal_projector.linear.weight.dtype
-        return self.multi_modal_projector(self.vision_tower(images.to(vision_dtype)))
+        """(N, 3, S, S) in [-1, 1] -> (N, image_tokens, D): SigLIP last hidden state, projected.
+
+        (SigLIP's embeddings cast the pixels to their own dtype.)"""
+        return self.multi_modal_projector(self.vision_tower(images))
 
     def embed_prefix(self, batch: Any) -> tuple[Tensor, Tensor]:
         """Prefix embeddings (B, T, D) and mask (B, T) bool: image tokens per camera, then language."""
@@ -265,9 +307,9 @@ class PaliGemmaBackbone(Backbone):
             cams.append(to_siglip_range(img[:, -1] if img.dim() == 5 else img, c.image_size))
         bsz, device = cams[0].shape[0], cams[0].device
         image_tokens = self.embed_images(torch.cat(cams))  # all cameras in one pass
-        lm_dtype = self.language_model.embed_tokens.weight.dtype
         ids, lang_mask = self.language_inputs(batch, device)
-        parts = [*image_tokens.to(lm_dtype).split(bsz), self.language_model.embed(ids)]
+        language = self.language_model.embed(ids)
+        parts = [*image_tokens.to(language.dtype).split(bsz), language]
         mask = torch.cat(
             [torch.ones(bsz, len(c.image_keys) * c.image_tokens, dtype=torch.bool, device=device), lang_mask], dim=1
         )

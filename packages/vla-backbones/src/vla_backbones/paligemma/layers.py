@@ -45,13 +45,7 @@ def prefix_attention_bias(pad_mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
     """Grouped-query attention: q (B, Hq, T, d), k/v (B, Hkv, S, d), bias (B, 1, T, S) -> (B, Hq, T, d)."""
-    if k.shape[1] != q.shape[1]:
-        try:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=True)
-        except TypeError:  # torch < 2.5 has no enable_gqa
-            repeat = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
 class GemmaProjections(nn.Module):

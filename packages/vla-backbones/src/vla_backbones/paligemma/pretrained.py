@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-
 from vla_core import CheckpointError, load_into, load_tensors
 
 # Where each part of PaliGemma lives in the checkpoint files, most specific first: ours <- one of these.

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
-
 from vla_core import LoadReport, load_into
 
 ISAAC_PREFIX = "action_head"

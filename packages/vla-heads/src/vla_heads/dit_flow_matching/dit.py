@@ -1,14 +1,20 @@
-"""The cross-attention DiT of GR00T N1.5 and the VL self-attention stack, with reusable context K/V.
+"""The cross-attention DiT of GR00T N1.5 and the VL self-attention stack.
 
 Shapes: ``B`` batch, ``L`` action-side tokens (state + future + actions), ``S`` context tokens,
 ``D`` DiT width (heads * head_dim), ``Dc`` context width, ``N`` rows of timestep conditioning.
 
-The context does not change across denoising steps, so :meth:`DiT.context_kv` projects it to the K/V
-of every cross-attention block once, and :meth:`DiT.conditioning` turns any number of timesteps into
-the AdaLayerNorm modulations of every block in one batched pass.
+Training (and uncached inference) runs plain module calls: each block computes its AdaLN modulation
+from the timestep embedding it receives and, if it cross-attends, projects the context to its own
+K/V. Inference caches what does not change across denoising steps: :meth:`DiT.precompute` asks each
+block for its context K/V (:meth:`TransformerBlock.project_context`) once per chunk and for its
+modulations of all steps (:meth:`TransformerBlock.modulation`) in one batched pass; both are methods
+of the block, declared in ``fsdp_forward_methods`` so FSDP2 gathers the block's parameters for them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +62,9 @@ class Attention(nn.Module):
 class AdaLayerNorm(nn.Module):
     """``LayerNorm(x) * (1 + scale) + shift`` with ``scale, shift = linear(silu(temb)).chunk(2)``.
 
-    :meth:`modulation` (N, D) -> (N, 2D) is separate so it can run once for many timesteps.
+    ``forward(x (B, L, D), temb (B, D)) -> (B, L, D)``; :meth:`modulation` (N, D) -> (N, 2D) is the
+    ``linear(silu(temb))`` part, which a cache may compute once for many timesteps and pass to
+    ``forward`` as ``modulation`` (B, 2D) instead of ``temb``.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
@@ -67,8 +75,9 @@ class AdaLayerNorm(nn.Module):
     def modulation(self, temb: Tensor) -> Tensor:
         return self.linear(F.silu(temb))
 
-    def forward(self, x: Tensor, modulation: Tensor) -> Tensor:
-        """x (B, L, D), modulation (B, 2D) -> (B, L, D)."""
+    def forward(self, x: Tensor, temb: Tensor | None = None, *, modulation: Tensor | None = None) -> Tensor:
+        if modulation is None:
+            modulation = self.modulation(temb)
         scale, shift = modulation.unsqueeze(1).chunk(2, dim=-1)
         return torch.addcmul(shift, self.norm(x), 1 + scale)
 
@@ -80,40 +89,77 @@ class TransformerBlock(nn.Module):
     (the DiT); else affine LayerNorms (the VL stack). ``kv_dim`` set: a cross-attention block.
     """
 
+    # Methods besides forward that use this block's parameters (the inference caches of DiT.precompute);
+    # vla_train.parallelize registers them with torch.distributed.fsdp.register_fsdp_forward_method.
+    fsdp_forward_methods: ClassVar[tuple[str, ...]] = ("project_context", "modulation")
+
     def __init__(
         self, dim: int, heads: int, head_dim: int, *, kv_dim: int | None = None, ada_norm: bool, dropout: float
     ) -> None:
         super().__init__()
-        self.is_cross = kv_dim is not None
+        self.is_cross, self.ada_norm = kv_dim is not None, ada_norm
         self.norm1 = AdaLayerNorm(dim) if ada_norm else nn.LayerNorm(dim, eps=1e-5)
         self.attn1 = Attention(dim, heads, head_dim, kv_dim, dropout)
         self.final_dropout = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(dim, eps=1e-5, elementwise_affine=not ada_norm)
         self.ff = FeedForward(dim, mult=4, dropout=dropout, activation_fn="gelu-approximate", final_dropout=True)
 
+    def project_context(self, context: Tensor) -> KV:
+        """Cross-attention K/V of the context: (B, S, Dc) -> k, v each (B, heads, S, head_dim)."""
+        return self.attn1.project_kv(context)
+
+    def modulation(self, temb: Tensor) -> Tensor:
+        """AdaLN modulation of timestep embeddings: (N, D) -> (N, 2D)."""
+        return self.norm1.modulation(temb)
+
     def forward(
         self,
         x: Tensor,
         *,
-        modulation: Tensor | None = None,
-        kv: KV | None = None,
+        temb: Tensor | None = None,
+        context: Tensor | None = None,
         mask: Tensor | None = None,
         query_rows: int | None = None,
+        modulation: Tensor | None = None,
+        kv: KV | None = None,
     ) -> Tensor:
-        """x (B, L, D) -> (B, L, D), or (B, query_rows, D) for the last ``query_rows`` rows only."""
-        h = self.norm1(x) if modulation is None else self.norm1(x, modulation)
-        if not self.is_cross:
-            kv = self.attn1.project_kv(h)
+        """x (B, L, D) -> (B, L, D), or (B, query_rows, D) for the last ``query_rows`` rows only.
+
+        An AdaLN block takes ``temb`` (B, D), or its precomputed :meth:`modulation` (B, 2D); a
+        cross-attention block takes ``context`` (B, S, Dc), or its precomputed :meth:`project_context`
+        ``kv``. ``mask``: bool (B, 1, 1, S) key mask or None.
+        """
+        h = self.norm1(x, temb, modulation=modulation) if self.ada_norm else self.norm1(x)
+        # (not self.project_context: a registered FSDP method would free the parameters when it returns)
+        if kv is None:
+            kv = self.attn1.project_kv(context if self.is_cross else h)
         a = self.attn1(h, kv, mask, query_rows=query_rows)
         x = (x if query_rows is None else x[:, -query_rows:]) + self.final_dropout(a)
         return x + self.ff(self.norm3(x))
+
+
+@dataclass(frozen=True)
+class DiTCache:
+    """What stays fixed over one chunk's denoising steps (exact; inference only).
+
+    ``kv``: per block, the cross-attention (k, v) of the context, each (B, heads, S, head_dim), or
+    None for a self-attention block. ``modulation``: per block the AdaLN modulation, then the output
+    layer's, each (N, 2D) for N timestep rows (e.g. all steps' rows stacked step-major).
+    """
+
+    kv: list[KV | None]
+    modulation: list[Tensor]
+
+    def rows(self, start: int, stop: int) -> DiTCache:
+        """The same cache for timestep rows ``start:stop`` (one step's batch)."""
+        return DiTCache(self.kv, [m[start:stop] for m in self.modulation])
 
 
 class DiT(nn.Module):
     """Timestep-conditioned transformer over action-side tokens, cross-attending to the context.
 
     Block i cross-attends when ``not interleave or i % 2 == 0``, else self-attends.
-    ``forward(x (B, L, D), conditioning, kv) -> (B, L or out_rows, out_dim)``.
+    ``forward(x (B, L, D), timesteps (B,), context (B, S, Dc)) -> (B, L or out_rows, out_dim)``.
     """
 
     def __init__(
@@ -146,35 +192,47 @@ class DiT(nn.Module):
         self.proj_out_1 = nn.Linear(dim, 2 * dim)
         self.proj_out_2 = nn.Linear(dim, out_dim)
 
-    def conditioning(self, timesteps: Tensor) -> list[Tensor]:
-        """(N,) integer timesteps -> per-block AdaLN modulations (N, 2D), then the output's (N, 2D)."""
-        dtype = self.time_embed.linear_1.weight.dtype
-        temb = self.time_embed(self.time_proj(timesteps).to(dtype))
-        return [blk.norm1.modulation(temb) for blk in self.blocks] + [self.proj_out_1(F.silu(temb))]
+    def timestep_embedding(self, timesteps: Tensor, dtype: torch.dtype) -> Tensor:
+        """(N,) integer timesteps -> (N, D) embeddings, computed from ``dtype`` inputs."""
+        return self.time_embed(self.time_proj(timesteps).to(dtype))
 
-    def context_kv(self, context: Tensor) -> list[KV | None]:
-        """(B, S, Dc) -> per block: cross-attention (k, v) each (B, heads, S, head_dim), or None."""
-        return [blk.attn1.project_kv(context) if blk.is_cross else None for blk in self.blocks]
+    def precompute(self, context: Tensor, timesteps: Tensor) -> DiTCache:
+        """The inference cache: every cross-attention block's context K/V, and every block's (and the
+        output layer's) modulation for ``timesteps`` (N,). context (B, S, Dc)."""
+        temb = self.timestep_embedding(timesteps, context.dtype)
+        return DiTCache(
+            kv=[blk.project_context(context) if blk.is_cross else None for blk in self.blocks],
+            modulation=[blk.modulation(temb) for blk in self.blocks] + [self.proj_out_1(F.silu(temb))],
+        )
 
     def forward(
         self,
         x: Tensor,
-        conditioning: list[Tensor],
-        kv: list[KV | None],
+        timesteps: Tensor | None,
+        context: Tensor | None,
         *,
         mask: Tensor | None = None,
         out_rows: int | None = None,
+        cache: DiTCache | None = None,
     ) -> Tensor:
-        """x (B, L, D), conditioning from :meth:`conditioning` (B rows), kv from :meth:`context_kv`.
+        """x (B, L, D), timesteps (B,), context (B, S, Dc) -> (B, L, out_dim).
 
         ``out_rows``: compute the output only for the last that many tokens (the last block's
         queries and feed-forward shrink too). ``mask``: bool (B, 1, 1, S) context key mask or None.
+        ``cache``: one step's :class:`DiTCache` (B rows), used instead of ``timesteps`` and ``context``
+        (then ignored; they may be None).
         """
+        temb = self.timestep_embedding(timesteps, x.dtype) if cache is None else None
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
             rows = out_rows if i == last else None
-            x = blk(x, modulation=conditioning[i], kv=kv[i], mask=mask if blk.is_cross else None, query_rows=rows)
-        shift, scale = conditioning[-1].unsqueeze(1).chunk(2, dim=-1)
+            block_mask = mask if blk.is_cross else None
+            if cache is None:
+                x = blk(x, temb=temb, context=context if blk.is_cross else None, mask=block_mask, query_rows=rows)
+            else:
+                x = blk(x, modulation=cache.modulation[i], kv=cache.kv[i], mask=block_mask, query_rows=rows)
+        modulation = self.proj_out_1(F.silu(temb)) if cache is None else cache.modulation[-1]
+        shift, scale = modulation.unsqueeze(1).chunk(2, dim=-1)
         return self.proj_out_2(torch.addcmul(shift, self.norm_out(x), 1 + scale))
 
 

@@ -82,8 +82,8 @@ def timestep_features(timesteps: Tensor, dim: int) -> Tensor:
 class ActionEncoder(nn.Module):
     """Noisy actions + timestep -> action tokens: ``w3(swish(w2([w1(a), tau])))``.
 
-    (B, H, A) actions and (B,) integer timesteps -> (B, H, D). ``w2`` is applied as two halves: the
-    action half per token, the timestep half once per sample (broadcast over the H tokens).
+    (B, H, A) actions and (B,) integer timesteps -> (B, H, D); ``tau`` is the sinusoidal timestep
+    feature (B, D), repeated over the H tokens.
     """
 
     def __init__(self, num_categories: int, action_dim: int, width: int) -> None:
@@ -96,11 +96,5 @@ class ActionEncoder(nn.Module):
     def forward(self, actions: Tensor, timesteps: Tensor, select: EmbodimentSelect) -> Tensor:
         """actions (B, H, A), timesteps (B,) -> (B, H, D)."""
         a = self.w1(actions, select)
-        tau = timestep_features(timesteps, self.width).to(a.dtype).unsqueeze(1)  # (B, 1, D)
-        if select.single is not None:
-            w, b = self.w2.weight[select.single], self.w2.bias[select.single]  # one selection: one grad buffer
-            h = torch.matmul(a, w[: self.width]) + torch.addmm(b, tau.squeeze(1), w[self.width :]).unsqueeze(1)
-        else:
-            w, b = self.w2.weight[select.ids], self.w2.bias[select.ids]
-            h = torch.bmm(a, w[:, : self.width]) + torch.baddbmm(b.unsqueeze(1), tau, w[:, self.width :])
-        return self.w3(F.silu(h), select)
+        tau = timestep_features(timesteps, self.width).to(a.dtype).unsqueeze(1).expand_as(a)  # (B, H, D)
+        return self.w3(F.silu(self.w2(torch.cat([a, tau], dim=-1), select)), select)

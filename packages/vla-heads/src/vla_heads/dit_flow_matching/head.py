@@ -7,16 +7,26 @@ cross-attends to the context (after the VL LayerNorm + self-attention stack). Sh
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from vla_core import (
+    ACTION,
+    ACTION_IS_PAD,
+    EMBODIMENT_ID,
+    HEADS,
+    OBS_STATE,
+    ActionHead,
+    BackboneOutput,
+    ConfigError,
+    HeadOutput,
+)
 
-from vla_core import ACTION, ACTION_IS_PAD, EMBODIMENT_ID, HEADS, OBS_STATE, ActionHead, BackboneOutput, ConfigError
-from vla_core import HeadOutput
 from vla_heads.dit_flow_matching.config import DiTFlowMatchingConfig
-from vla_heads.dit_flow_matching.dit import DiT, TransformerBlock, VLSelfAttention
+from vla_heads.dit_flow_matching.dit import DiT, DiTCache, TransformerBlock, VLSelfAttention
 from vla_heads.dit_flow_matching.embodiment import ActionEncoder, CategorySpecificMLP, EmbodimentSelect
 from vla_heads.dit_flow_matching.flow import inference_buckets, interpolate, sample_time, time_buckets
 
@@ -63,6 +73,20 @@ class DiTFlowMatchingHead(ActionHead):
     def fsdp_units(self) -> set[type[nn.Module]]:
         return {TransformerBlock}
 
+    @classmethod
+    def tiny_config(cls, workdir: Path) -> dict[str, Any]:
+        """Config fields of a tiny instance for the contract suite; builds in well under a second.
+
+        A 4-block DiT of width 16 (cross- and self-attention interleaved) over 2 future tokens, a
+        2-block VL stack with 2 heads (any even context width), 2 embodiment rows.
+        """
+        return {
+            "horizon": 4, "max_state_dim": 8, "max_action_dim": 6, "num_embodiments": 2,
+            "embodiments": {"new_embodiment": 1}, "hidden_dim": 32, "num_future_tokens": 2, "max_seq_len": 8,
+            "num_layers": 4, "num_heads": 2, "head_dim": 8, "dropout": 0.1, "vl_self_attention_layers": 2,
+            "vl_num_heads": 2,
+        }
+
     # ----------------------------------------------------------------- pieces
     def embodiment_select(self, batch: Any, batch_size: int, device: torch.device) -> EmbodimentSelect:
         """Rows of the per-embodiment weights: ``batch["embodiment_id"]`` (B,) or the default embodiment."""
@@ -91,26 +115,31 @@ class DiTFlowMatchingHead(ActionHead):
             state = F.pad(state.to(like.dtype), (0, self.config.padded_state_dim - state.shape[-1]))
             parts.append(self.state_encoder(state.unsqueeze(1), select))
         if self.future_tokens is not None:
-            parts.append(self.future_tokens.weight.to(like.dtype).unsqueeze(0).expand(batch_size, -1, -1))
+            ids = torch.arange(self.config.num_future_tokens, device=like.device)
+            parts.append(self.future_tokens(ids).to(like.dtype).unsqueeze(0).expand(batch_size, -1, -1))
         return torch.cat(parts, dim=1) if parts else None
 
     def velocity(
         self,
         x_t: Tensor,
         timesteps: Tensor,
-        conditioning: list[Tensor],
-        kv: list,
+        ctx: Tensor | None,
         prefix: Tensor | None,
         select: EmbodimentSelect,
         mask: Tensor | None = None,
+        cache: DiTCache | None = None,
     ) -> Tensor:
-        """Noisy actions (B, H, Ap) at timesteps (B,) -> velocity (B, H, Ap), given the precomputed pieces."""
+        """Noisy actions (B, H, Ap) at timesteps (B,) -> velocity (B, H, Ap).
+
+        ``ctx`` (B, S, Dc) is the encoded context; with an inference ``cache`` (this step's rows of
+        :meth:`DiT.precompute`) the DiT reads its K/V and modulations instead (ctx may be None).
+        """
         tokens = self.action_encoder(x_t, timesteps, select)
         if self.pos_embed is not None:
-            tokens = tokens + self.pos_embed.weight[: tokens.shape[1]].to(tokens.dtype)
+            tokens = tokens + self.pos_embed(torch.arange(tokens.shape[1], device=tokens.device)).to(tokens.dtype)
         if prefix is not None:
             tokens = torch.cat([prefix, tokens], dim=1)
-        out = self.dit(tokens, conditioning, kv, mask=mask, out_rows=x_t.shape[1])
+        out = self.dit(tokens, timesteps, ctx, mask=mask, out_rows=x_t.shape[1], cache=cache)
         return self.action_decoder(out, select)
 
     def predict_velocity(self, context: BackboneOutput, batch: Any, x_t: Tensor, timesteps: Tensor) -> Tensor:
@@ -119,9 +148,7 @@ class DiTFlowMatchingHead(ActionHead):
         select = self.embodiment_select(batch, bsz, x_t.device)
         ctx, mask = self.encode_context(context)
         prefix = self.prefix_tokens(batch, select, bsz, ctx)
-        return self.velocity(
-            x_t.to(ctx.dtype), timesteps, self.dit.conditioning(timesteps), self.dit.context_kv(ctx), prefix, select, mask
-        )
+        return self.velocity(x_t.to(ctx.dtype), timesteps, ctx, prefix, select, mask)
 
     # ----------------------------------------------------------------- training
     def forward(self, context: BackboneOutput, batch: Any) -> HeadOutput:
@@ -179,16 +206,12 @@ class DiTFlowMatchingHead(ActionHead):
         x = self._initial_noise(noise, bsz, ctx, generator)
         buckets = inference_buckets(c.num_inference_timesteps, c.num_timestep_buckets)
         steps = torch.tensor(buckets, device=ctx.device).repeat_interleave(bsz)  # (N * B,)
-        if use_cache:
-            kv = self.dit.context_kv(ctx)
-            cond_all = self.dit.conditioning(steps)
+        cache = self.dit.precompute(ctx, steps) if use_cache else None
         dt = 1.0 / c.num_inference_timesteps
         for k in range(len(buckets)):
             rows = steps[k * bsz : (k + 1) * bsz]
-            if use_cache:
-                cond = [m[k * bsz : (k + 1) * bsz] for m in cond_all]
-            else:
+            if cache is None:  # the reference's way: the VL stack and the whole DiT conditioning in every step
                 ctx, mask = self.encode_context(context)
-                kv, cond = self.dit.context_kv(ctx), self.dit.conditioning(rows)
-            x = x + dt * self.velocity(x, rows, cond, kv, prefix, select, mask)
+            step = None if cache is None else cache.rows(k * bsz, (k + 1) * bsz)
+            x = x + dt * self.velocity(x, rows, ctx, prefix, select, mask, cache=step)
         return x[..., : self.action_dim]

@@ -1,8 +1,8 @@
 """The action expert's Gemma layers: layer i attends to prefix layer i's K/V plus the suffix.
 
 The prefix K/V arrive as tensors (one pair per layer), so each layer is a self-contained module
-(FSDP can shard them one by one) and the K/V are read in place: the attention scores against
-prefix and suffix keys are computed separately and share one softmax, nothing is concatenated.
+(FSDP can shard them one by one). Keys and values are ``[prefix | suffix]`` along the token axis and
+``scaled_dot_product_attention`` (grouped-query) runs over them under pi0's block-causal mask.
 
 Shapes: ``B`` batch, ``S`` suffix tokens (state + H actions), ``P`` prefix tokens, ``D`` width,
 ``Hq`` query heads, ``Hkv`` K/V heads, ``d`` head dim.
@@ -11,8 +11,8 @@ Shapes: ``B`` batch, ``S`` suffix tokens (state + H actions), ``P`` prefix token
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-
 from vla_core.errors import require
 
 MASK_VALUE = -2.3819763e38  # openpi's additive mask value (finite)
@@ -55,25 +55,15 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
-def joint_attention(
-    q: Tensor, k: Tensor, v: Tensor, prefix_k: Tensor, prefix_v: Tensor, prefix_bias: Tensor, suffix_bias: Tensor,
-    scale: float,
-) -> Tensor:
-    """Suffix queries over [prefix keys | suffix keys] with one softmax, without concatenating K/V.
+def attention_bias(prefix_mask: Tensor, suffix_allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive bias (B, 1, S, P + S) for suffix queries over ``[prefix | suffix]`` keys.
 
-    q (B, Hq, S, d); k, v (B, Hkv, S, d); prefix_k, prefix_v (B, Hkv, P, d); prefix_bias (B, 1, 1, P);
-    suffix_bias (1, 1, G*S, S) with G = Hq / Hkv (rows repeated per query group). Returns (B, S, Hq*d).
-    Query head h uses K/V head h // G, as in grouped-query attention.
+    prefix_mask (B, P) bool (True = a valid prefix token, seen by every suffix token); suffix_allowed
+    (S, S) bool (:func:`suffix_allowed`).
     """
-    b, hq, s, d = q.shape
-    hkv = k.shape[1]
-    qg = q.reshape(b, hkv, (hq // hkv) * s, d)
-    scores_prefix = torch.matmul(qg, prefix_k.transpose(-1, -2)) * scale + prefix_bias
-    scores_suffix = torch.matmul(qg, k.transpose(-1, -2)) * scale + suffix_bias
-    probs = torch.cat([scores_prefix, scores_suffix], dim=-1).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-    p = prefix_k.shape[2]
-    out = torch.matmul(probs[..., :p], prefix_v) + torch.matmul(probs[..., p:], v)
-    return out.reshape(b, hq, s, d).transpose(1, 2).reshape(b, s, hq * d)
+    b, s = prefix_mask.shape[0], suffix_allowed.shape[0]
+    allowed = torch.cat([prefix_mask[:, None, :].expand(b, s, -1), suffix_allowed.expand(b, s, s)], dim=-1)
+    return additive_bias(allowed[:, None], dtype)
 
 
 class ExpertProjections(nn.Module):
@@ -116,14 +106,18 @@ class ExpertLayer(nn.Module):
         self.mlp = gemma.GemmaMLP(mlp_config)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, prefix_k: Tensor, prefix_v: Tensor, prefix_bias: Tensor,
-        suffix_bias: Tensor,
+        self, x: Tensor, cos: Tensor, sin: Tensor, prefix_k: Tensor, prefix_v: Tensor, bias: Tensor
     ) -> Tensor:
+        """x (B, S, D); rotary tables cos, sin (B, S, d); prefix_k, prefix_v (B, Hkv, P, d); bias
+        (B, 1, S, P + S) from :func:`attention_bias` -> (B, S, D)."""
         attn = self.self_attn
         h = self.input_layernorm(x)
         q = apply_rope(attn.heads(attn.q_proj, h), cos, sin)
         k = apply_rope(attn.heads(attn.k_proj, h), cos, sin)
         v = attn.heads(attn.v_proj, h)
-        out = joint_attention(q, k, v, prefix_k.to(q.dtype), prefix_v.to(q.dtype), prefix_bias, suffix_bias, self.scale)
-        x = x + attn.o_proj(out)
+        k = torch.cat([prefix_k.to(k.dtype), k], dim=2)
+        v = torch.cat([prefix_v.to(v.dtype), v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale,
+                                             enable_gqa=k.shape[1] != q.shape[1])
+        x = x + attn.o_proj(out.transpose(1, 2).flatten(2))
         return x + self.mlp(self.post_attention_layernorm(x))

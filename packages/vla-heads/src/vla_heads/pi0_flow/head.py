@@ -13,23 +13,28 @@ checkpoints); the loss covers the real ``action_dim`` dims only (LeRobot's reduc
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from vla_core import HEADS, ActionHead, BackboneOutput, ComponentConfig, ConfigError, HeadOutput
+from vla_core import (
+    HEADS,
+    ActionHead,
+    BackboneOutput,
+    ComponentConfig,
+    ConfigError,
+    ContextNeeds,
+    ContextSpec,
+    HeadOutput,
+)
 from vla_core.config import check_positive
 from vla_core.features import ACTION, ACTION_IS_PAD, OBS_STATE
-from vla_heads.pi0_flow.expert import (
-    ExpertLayer,
-    additive_bias,
-    gemma_modules,
-    rope_cos_sin,
-    suffix_allowed,
-)
+
+from vla_heads.pi0_flow.expert import ExpertLayer, attention_bias, gemma_modules, rope_cos_sin, suffix_allowed
 from vla_heads.pi0_flow.flow import euler_sample, interpolate, sample_time, sinusoidal_time_embedding
 
 
@@ -38,8 +43,8 @@ class Pi0FlowConfig(ComponentConfig):
     """Expert geometry (gemma_300m by default), flow-matching settings and the prefix geometry.
 
     ``prefix_num_layers`` / ``prefix_num_kv_heads`` / ``prefix_head_dim`` describe the backbone's
-    K/V; the policy fills them from ``Backbone.context_spec()`` and they must equal ``depth`` /
-    ``num_kv_heads`` / ``head_dim``.
+    K/V; the policy fills them from the K/V geometry of ``Backbone.context_spec()`` and they must
+    equal ``depth`` / ``num_kv_heads`` / ``head_dim``.
     """
 
     action_dim: int
@@ -133,6 +138,38 @@ class Pi0FlowHead(ActionHead):
     def fsdp_units(self) -> set[type[nn.Module]]:
         return {ExpertLayer}
 
+    @classmethod
+    def tiny_config(cls, workdir: Path) -> dict[str, Any]:
+        """Config fields of a tiny instance for the contract suite; builds in well under a second.
+
+        A 2-layer expert of width 32 with 8 query heads sharing 1 K/V head of dim 8: the K/V geometry
+        of ``paligemma``'s tiny config.
+        """
+        return {
+            "horizon": 4, "max_action_dim": 6, "max_state_dim": 6, "width": 32, "depth": 2, "mlp_dim": 64,
+            "num_heads": 8, "num_kv_heads": 1, "head_dim": 8, "num_inference_steps": 4,
+        }
+
+    @classmethod
+    def context_needs(cls, config: Pi0FlowConfig) -> ContextNeeds:
+        """The per-layer prefix K/V (the features are not read)."""
+        return ContextNeeds(kv=True)
+
+    @classmethod
+    def configure_for(cls, config: Pi0FlowConfig, context: ContextSpec) -> Pi0FlowConfig:
+        """The ``prefix_*`` fields from the context's K/V geometry (a contradicting value raises)."""
+        if context.kv is None:
+            raise ConfigError("pi0_flow reads per-layer prefix K/V (past_key_values); the backbone gives none")
+        fields = {}
+        for name, value in (("prefix_num_layers", context.kv.num_layers),
+                            ("prefix_num_kv_heads", context.kv.num_kv_heads), ("prefix_head_dim", context.kv.head_dim)):
+            given = getattr(config, name)
+            if given is not None and given != value:
+                raise ConfigError(f"head.{name}: the backbone gives {value} but the head spec says {given}; drop the "
+                                  "field to take it from the backbone")
+            fields[name] = value
+        return dataclasses.replace(config, **fields)
+
     # ------------------------------------------------------------------ pieces
     def prefix_kv(self, context: BackboneOutput) -> tuple[tuple[Tensor, Tensor], ...]:
         """The backbone's per-layer K/V, checked against this expert's geometry."""
@@ -152,43 +189,37 @@ class Pi0FlowHead(ActionHead):
     def _pad(self, x: Tensor, dim: int) -> Tensor:
         return F.pad(x, (0, dim - x.shape[-1])) if x.shape[-1] < dim else x
 
-    def state_token(self, batch: Any) -> Tensor:
-        """``observation.state`` (B, S) or (B, T, S) -> state token (B, 1, D)."""
+    def state_token(self, batch: Any, dtype: torch.dtype) -> Tensor:
+        """``observation.state`` (B, S) or (B, T, S) -> state token (B, 1, D), computed in ``dtype``."""
         state = batch[OBS_STATE]
         state = state[:, -1] if state.dim() == 3 else state
-        weight = self.state_proj.weight
-        return self.state_proj(self._pad(state, self.config.max_state_dim).to(weight.dtype))[:, None]
+        return self.state_proj(self._pad(state, self.config.max_state_dim).to(dtype))[:, None]
 
     def action_tokens(self, x_t: Tensor, time: Tensor) -> Tensor:
-        """Noisy actions (B, H, A_max) and time (B,) -> action tokens (B, H, D)."""
+        """Noisy actions (B, H, A_max) and time (B,) -> action tokens (B, H, D), in x_t's dtype."""
         c = self.config
-        weight = self.action_in_proj.weight
-        actions = self.action_in_proj(x_t.to(weight.dtype))
-        time_emb = sinusoidal_time_embedding(time, c.width, c.min_period, c.max_period).to(weight.dtype)
+        actions = self.action_in_proj(x_t)
+        time_emb = sinusoidal_time_embedding(time, c.width, c.min_period, c.max_period).to(actions.dtype)
         fused = torch.cat([actions, time_emb[:, None].expand_as(actions)], dim=-1)
         return self.action_time_mlp_out(F.silu(self.action_time_mlp_in(fused)))
 
-    def suffix_inputs(self, context: BackboneOutput) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Everything that stays fixed across denoising steps: rotary tables and attention biases."""
+    def suffix_inputs(self, context: BackboneOutput) -> tuple[Tensor, Tensor, Tensor]:
+        """Everything that stays fixed across denoising steps: rotary tables cos, sin (B, S, d) and the
+        attention bias (B, 1, S, P + S), in the context's dtype (the expert computes in it)."""
         c = self.config
         prefix_mask = context.attention_mask
-        dtype = self.action_in_proj.weight.dtype
-        s = 1 + c.horizon
-        positions = prefix_mask.sum(dim=1, keepdim=True) + torch.arange(s, device=prefix_mask.device)
+        dtype = context.features.dtype
+        positions = prefix_mask.sum(dim=1, keepdim=True) + torch.arange(1 + c.horizon, device=prefix_mask.device)
         cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, dtype)
-        prefix_bias = additive_bias(prefix_mask[:, None, None, :], dtype)
-        groups = c.num_heads // c.num_kv_heads
-        suffix_bias = additive_bias(self.suffix_allowed.repeat(groups, 1), dtype)[None, None]
-        return cos, sin, prefix_bias, suffix_bias
+        return cos, sin, attention_bias(prefix_mask, self.suffix_allowed, dtype)
 
     def velocity(self, x_t: Tensor, time: Tensor, state_tok: Tensor, kv, suffix: tuple) -> Tensor:
-        """Predicted velocity (B, H, A_max) at noisy actions x_t (B, H, A_max) and time (B,)."""
-        cos, sin, prefix_bias, suffix_bias = suffix
-        x = torch.cat([state_tok, self.action_tokens(x_t, time)], dim=1)
+        """Predicted velocity (B, H, A_max), float32, at noisy actions x_t (B, H, A_max) and time (B,)."""
+        cos, sin, bias = suffix
+        x = torch.cat([state_tok, self.action_tokens(x_t.to(cos.dtype), time)], dim=1)
         for layer, (k, v) in zip(self.layers, kv):
-            x = layer(x, cos, sin, k, v, prefix_bias, suffix_bias)
-        out = self.norm(x)[:, 1:]
-        return self.action_out_proj(out.to(self.action_out_proj.weight.dtype)).float()
+            x = layer(x, cos, sin, k, v, bias)
+        return self.action_out_proj(self.norm(x)[:, 1:]).float()
 
     # ------------------------------------------------------------------ API
     def compute_loss(
@@ -211,7 +242,8 @@ class Pi0FlowHead(ActionHead):
             time = sample_time(bsz, target.device, alpha=c.time_beta_alpha, beta=c.time_beta_beta,
                                scale=c.time_scale, offset=c.time_offset)
         x_t, u_t = interpolate(target, noise, time.to(target))
-        v_t = self.velocity(x_t, time.to(target), self.state_token(batch), self.prefix_kv(context), self.suffix_inputs(context))
+        suffix = self.suffix_inputs(context)
+        v_t = self.velocity(x_t, time.to(target), self.state_token(batch, suffix[0].dtype), self.prefix_kv(context), suffix)
         err = (v_t - u_t)[..., : c.action_dim].square()
         if c.mask_padded_actions and ACTION_IS_PAD in batch:
             keep = (~batch[ACTION_IS_PAD]).to(err.dtype)[..., None]
@@ -229,17 +261,18 @@ class Pi0FlowHead(ActionHead):
     ) -> Tensor:
         """(B, H, A) normalized actions: Euler from t = 1 to 0 in ``num_inference_steps`` steps.
 
-        The prefix K/V are read in place at every step (never copied). ``noise`` (B, H, A) is
-        zero-padded to ``max_action_dim``; without it, noise for all ``max_action_dim`` dims is drawn.
+        The state token, rotary tables and attention bias are computed once; the prefix K/V are the
+        backbone's, unchanged, at every step. ``noise`` (B, H, A) is zero-padded to ``max_action_dim``;
+        without it, noise for all ``max_action_dim`` dims is drawn.
         """
         c = self.config
         kv = self.prefix_kv(context)
-        state_tok = self.state_token(batch)
+        suffix = self.suffix_inputs(context)
+        state_tok = self.state_token(batch, suffix[0].dtype)
         bsz, device = state_tok.shape[0], state_tok.device
         if noise is None:
             gen_device = generator.device if generator is not None else device
             noise = torch.randn(bsz, c.horizon, c.max_action_dim, generator=generator, device=gen_device).to(device)
         noise = self._pad(noise.float().to(device), c.max_action_dim)
-        suffix = self.suffix_inputs(context)
         chunk = euler_sample(lambda x, t: self.velocity(x, t, state_tok, kv, suffix), noise, c.num_inference_steps)
         return chunk[..., : c.action_dim]
