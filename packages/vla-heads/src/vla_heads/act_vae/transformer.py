@@ -53,13 +53,15 @@ class Attention(nn.Module):
         return x.unflatten(-1, (self.n_heads, self.dim // self.n_heads)).transpose(1, 2)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
-        d, w, b = self.dim, self.in_proj_weight, self.in_proj_bias
+        # One split of the packed weights (its backward writes the three gradients into one tensor).
+        d = self.dim
         if query is key:
-            q, k = F.linear(query, w[: 2 * d], b[: 2 * d]).chunk(2, dim=-1)
+            (w_qk, w_v), (b_qk, b_v) = self.in_proj_weight.split([2 * d, d]), self.in_proj_bias.split([2 * d, d])
+            q, k = F.linear(query, w_qk, b_qk).chunk(2, dim=-1)
         else:
-            q = F.linear(query, w[:d], b[:d])
-            k = F.linear(key, w[d : 2 * d], b[d : 2 * d])
-        v = F.linear(value, w[2 * d :], b[2 * d :])
+            (w_q, w_k, w_v), (b_q, b_k, b_v) = self.in_proj_weight.split(d), self.in_proj_bias.split(d)
+            q, k = F.linear(query, w_q, b_q), F.linear(key, w_k, b_k)
+        v = F.linear(value, w_v, b_v)
         out = F.scaled_dot_product_attention(
             self._split_heads(q), self._split_heads(k), self._split_heads(v),
             attn_mask=None if mask is None else mask[:, None, None, :],
