@@ -77,20 +77,21 @@ def test_pos_embed_matches_detr_sine_formula():
 
 @pytest.mark.parametrize("variant", ["resnet18", "resnet50"])
 def test_feature_map_is_torchvision_layer4_then_proj(variant):
-    """torchvision's own modules up to layer4 (as LeRobot's IntermediateLayerGetter runs them), then
-    the 1x1 projection: same features and same gradients for the images and every weight."""
+    """torchvision's own modules up to layer4 (as LeRobot's IntermediateLayerGetter runs them, all
+    on NCHW memory), then the 1x1 projection: same features and same gradients for the images and
+    every weight. In float64: the channels-last stem convolution sums in another order."""
     from torchvision.models._utils import IntermediateLayerGetter
 
-    b = backbone(1, variant=variant).train()
+    b = backbone(1, variant=variant).train().double()
     randomize_bn(b.resnet)
-    x = images(1, hw=(48, 64))[CAMS[0]].requires_grad_()
+    x = images(1, hw=(48, 64))[CAMS[0]].double().requires_grad_()
     got = b.feature_map(x)
     seed = torch.randn(got.shape, generator=torch.Generator().manual_seed(1))
     got_grads = torch.autograd.grad((got * seed).sum(), [x, *b.parameters()])
     x_ref = x.detach().clone().requires_grad_()
     ref = b.proj(IntermediateLayerGetter(b.resnet, {"layer4": "out"})(x_ref)["out"])
     ref_grads = torch.autograd.grad((ref * seed).sum(), [x_ref, *b.parameters()])
-    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    torch.testing.assert_close(got, ref)
     for name, g, g_ref in zip(["images", *(n for n, _ in b.named_parameters())], got_grads, ref_grads, strict=True):
         torch.testing.assert_close(g, g_ref, msg=name)
 
