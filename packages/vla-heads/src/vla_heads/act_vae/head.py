@@ -186,11 +186,9 @@ class ACTVAEHead(ActionHead):
             raise ValueError(f"act_vae: pos_embed has width {ctx_pos.shape[-1]}, expected dim_model {c.dim_model}")
         one_d = self.token_pos_embed(torch.arange(n_1d, device=feats.device))[None]  # (1, n_1d, D)
         pos = torch.cat([one_d.expand(ctx_pos.shape[0], -1, -1), ctx_pos], dim=1)  # (1 or B, n_1d + T, D)
-        mask = context.attention_mask
-        if mask is not None and not bool(mask.all()):
+        mask = context.attention_mask  # (B, T) True = valid; the 1D tokens are always valid
+        if mask is not None:
             mask = torch.cat([mask.new_ones(mask.shape[0], n_1d), mask], dim=1)
-        else:
-            mask = None
         memory = self.encoder(x, pos, mask)
         query_pos = self.query_pos_embed(torch.arange(self.horizon, device=feats.device))[None]  # (1, H, D)
         out = self.decoder(query_pos, memory, pos, mask)
