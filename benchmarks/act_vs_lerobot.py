@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """ACT: vla (resnet_act + act_vae) vs LeRobot 0.6.1's ACTPolicy, same config and weights, one process.
 
-Run in the LeRobot 0.6.1 peer venv (our packages importable), e.g.::
+Runs in the LeRobot 0.6.1 peer venv (our packages importable); started from any other Python
+(e.g. ``uv run python benchmarks/act_vs_lerobot.py``) it re-runs itself there, creating the venv
+if needed (``benchmarks/peer_env.py``). Or directly::
 
     PY=$(python benchmarks/peer_env.py -q lerobot-0.6.1)
     $PY benchmarks/act_vs_lerobot.py [--repeats 5] [--threads 2]
@@ -19,14 +21,13 @@ LeRobot is timed on pre-normalized batches (its processors excluded); ours inclu
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from lerobot.configs.types import FeatureType, PolicyFeature
-from lerobot.policies.act.configuration_act import ACTConfig
-from lerobot.policies.act.modeling_act import ACTPolicy
-from lerobot.policies.act.processor_act import make_act_pre_post_processors
 from vla_core import VLAPolicy
 from vla_train.convert.lerobot_act import convert
 from vla_train.config import OptimConfig
@@ -36,9 +37,28 @@ from vla_train.optim import build_optimizer
 from timing import interleaved, paired_ratio
 
 STATE, ACTION, CAMERA = "observation.state", "action", "observation.images.top"
+PEER = "lerobot-0.6.1"
 
 
-def lerobot_policy(seed: int) -> tuple[ACTPolicy, dict]:
+def run_in_peer_venv_unless_lerobot_imports() -> None:
+    """Re-run this script with the peer venv's Python when LeRobot is not importable here."""
+    if importlib.util.find_spec("lerobot") is not None:
+        return
+    spec = importlib.util.spec_from_file_location("peer_env", Path(__file__).with_name("peer_env.py"))
+    peer_env = sys.modules["peer_env"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer_env)
+    python = peer_env.ensure_peer(PEER)
+    print(f"[act_vs_lerobot] LeRobot is not importable here: re-running in {python}", flush=True)
+    sys.stdout.flush()
+    os.execve(str(python), [str(python), __file__, *sys.argv[1:]], peer_env._peer_env(PEER))
+
+
+def lerobot_policy(seed: int):
+    """LeRobot's ACTPolicy (ALOHA-like, random weights) and random normalization stats."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.act.configuration_act import ACTConfig
+    from lerobot.policies.act.modeling_act import ACTPolicy
+
     config = ACTConfig(
         input_features={
             STATE: PolicyFeature(type=FeatureType.STATE, shape=(14,)),
@@ -88,6 +108,9 @@ def main() -> None:
     ap.add_argument("--retain-host-memory", action="store_true",
                     help="tune glibc malloc as vla_train's trainer does (process-wide: both sides benefit)")
     a = ap.parse_args()
+    run_in_peer_venv_unless_lerobot_imports()
+    from lerobot.policies.act.processor_act import make_act_pre_post_processors
+
     torch.set_num_threads(a.threads)
     if a.retain_host_memory and not retain_freed_memory():
         raise SystemExit("--retain-host-memory: this C library has no glibc mallopt")

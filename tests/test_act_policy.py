@@ -146,3 +146,121 @@ def test_bad_input_raises_clear_errors():
         policy({**batch, "observation.state": torch.randn(4, 5)})
     with pytest.raises(ValueError, match=r"action.*H<=6"):
         policy({**batch, "action": torch.randn(4, 7, 3), "action_is_pad": torch.zeros(4, 7, dtype=torch.bool)})
+
+
+# ------------------------------------------------------------------ FSDP2, activation checkpointing, bf16
+CONTRACT_FEATURES = {
+    "observation.images.top": {"type": "VISUAL", "shape": [3, 32, 32]},
+    "observation.images.wrist": {"type": "VISUAL", "shape": [3, 32, 32]},
+    "observation.state": {"type": "STATE", "shape": [4]},
+    "task": {"type": "LANGUAGE", "shape": []},
+}
+
+
+def contract_policy(workdir: Path) -> VLAPolicy:
+    """The tiny ACT of the contract suite: both components' ``tiny_config``, two 32x32 cameras."""
+    from vla_backbones.resnet_act import ResNetACTBackbone
+    from vla_heads.act_vae import ACTVAEHead
+
+    torch.manual_seed(0)
+    policy = VLAPolicy({
+        "input_features": CONTRACT_FEATURES,
+        "output_features": {"action": {"type": "ACTION", "shape": [3]}},
+        "backbone": {"type": "resnet_act", **ResNetACTBackbone.tiny_config(workdir)},
+        "head": {"type": "act_vae", **ACTVAEHead.tiny_config(workdir)},
+    })
+    policy.normalizer.set_stats({
+        "observation.state": {"mean": torch.zeros(4), "std": torch.ones(4)},
+        "action": {"mean": torch.zeros(3), "std": torch.ones(3)},
+    })
+    return policy
+
+
+def contract_batch(policy: VLAPolicy) -> dict:
+    from vla_core.testing import random_batch
+
+    return random_batch({**policy.input_features, **policy.output_features}, batch_size=2, horizon=policy.head.horizon)
+
+
+def count_forward_calls(units: list[torch.nn.Module]) -> list[list[int]]:
+    """Wrap each unit's original ``forward`` with a call counter (before checkpointing wraps it)."""
+    counts = []
+    for unit in units:
+        count, original = [0], unit.forward
+
+        def counted(*args, _count=count, _original=original, **kwargs):
+            _count[0] += 1
+            return _original(*args, **kwargs)
+
+        unit.forward = counted
+        counts.append(count)
+    return counts
+
+
+def test_one_training_step_under_fsdp2_and_activation_checkpointing(tmp_path):
+    """A 1-rank gloo mesh: every unit (ResNet blocks, encoder / decoder layers) sharded with
+    ``fully_shard``, then the root, activation checkpointing applied first as the trainer does. Each
+    unit's own forward runs twice (forward, then the recomputation in backward); loss and gradients
+    equal the unsharded policy's under the same seed (dropout included), and the step moves the weights."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+    from vla_train.parallelize import apply_activation_checkpointing, apply_fsdp2, build_mesh, unit_modules
+
+    policy = contract_policy(tmp_path)
+    batch = contract_batch(policy)
+    reference = copy.deepcopy(policy).train()
+    torch.manual_seed(1)
+    ref_loss = reference(batch).loss
+    ref_loss.backward()
+    ref_grads = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+
+    units = unit_modules(policy)
+    assert {type(u).__name__ for u in units} == {"BasicBlock", "EncoderLayer", "DecoderLayer"}
+    assert len(units) == 8 + 1 + 1 + 1  # resnet18 blocks, encoder, VAE encoder and decoder layers
+    counts = count_forward_calls(units)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        assert apply_activation_checkpointing(policy) == len(units)
+        assert apply_fsdp2(policy, build_mesh(torch.device("cpu"), 1)) == len(units)
+        assert all(isinstance(p, DTensor) for p in policy.parameters())
+        opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+        before = {n: p.detach().full_tensor().clone() for n, p in policy.named_parameters()}
+        policy.train()
+        torch.manual_seed(1)
+        loss = policy(batch).loss
+        assert [c[0] for c in counts] == [1] * len(units)
+        loss.backward()
+        assert [c[0] for c in counts] == [2] * len(units), "a unit's forward was not recomputed in backward"
+        torch.testing.assert_close(loss.detach(), ref_loss.detach(), rtol=1e-5, atol=1e-6)
+        grads = {n: p.grad.full_tensor() for n, p in policy.named_parameters() if p.grad is not None}
+        assert grads.keys() == ref_grads.keys()
+        for name, grad in grads.items():
+            assert torch.isfinite(grad).all(), name
+            torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        opt.step()
+        moved = [n for n, p in policy.named_parameters() if not torch.equal(p.detach().full_tensor(), before[n])]
+        assert set(moved) == set(grads)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_training_step_under_cpu_bf16_autocast(tmp_path):
+    """Convolutions, linear layers and attention run in bfloat16; loss and every gradient are finite."""
+    policy = contract_policy(tmp_path).train()
+    batch = contract_batch(policy)
+    seen = []
+    for module in (policy.backbone.resnet.layer1[0].conv1, policy.head.encoder.layers[0].linear1):
+        module.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = policy(batch).loss
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert torch.isfinite(loss)
+    loss.backward()
+    trainable = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for _, p in trainable)
+    before = [p.detach().clone() for _, p in trainable]
+    opt.step()
+    assert all(not torch.equal(p, b) for (_, p), b in zip(trainable, before))

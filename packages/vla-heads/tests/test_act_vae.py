@@ -162,47 +162,131 @@ def test_masked_context_tokens_are_ignored():
         torch.testing.assert_close(h.predict_action(masked, batch), h.predict_action(masked2, batch))
 
 
+def _same_dropout_masks(ours: torch.nn.Module, ref: torch.nn.Module, after_attention: tuple[str, ...]) -> None:
+    """Zero the dropouts applied right after torch's ``nn.MultiheadAttention``: it returns its output
+    in (L, B, D) memory order and a dropout mask is drawn in memory order, so the same random
+    numbers would land on other elements. Attention (SDPA) and feed-forward dropout still apply."""
+    for name in after_attention:
+        getattr(ours, name).p = getattr(ref, name).p = 0.0
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
 @pytest.mark.parametrize("training", [False, True])
-def test_first_layer_shortcut_equals_full_attention(training):
-    """Decoder layer 0 sees constant (zero) queries: its shortcut equals real attention over them,
-    in training too, where attention dropout (same seed, same masks) makes the weights matter."""
-    h = head(n_decoder_layers=2, dropout=0.3).train(training)
-    layer = h.decoder.layers[0]
-    with torch.no_grad():  # non-zero biases, so the value rows (the biases' projection) are not zero
-        layer.self_attn.in_proj_bias.normal_()
-        layer.self_attn.out_proj.bias.normal_()
-    x = torch.zeros(3, 5, 16)
-    pos = h.query_pos_embed.weight[None]
-    torch.manual_seed(7)
-    fast = layer._self_attention(x, pos, constant=True)
-    torch.manual_seed(7)
-    full = layer.self_attn(x + pos, x + pos, x)
-    assert full.abs().max() > 0.1
-    torch.testing.assert_close(fast, full.expand_as(fast), rtol=1e-5, atol=1e-6)
-    if training:  # and the gradients reach the same parameters with the same values
-        params = [layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias, layer.self_attn.out_proj.weight]
-        g_fast = torch.autograd.grad(fast.square().sum(), params)
-        g_full = torch.autograd.grad(full.square().sum(), params)
-        for a, b in zip(g_fast, g_full, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+def test_encoder_layer_is_torchs_transformer_encoder_layer(pre_norm, training):
+    """Without positions an EncoderLayer is ``nn.TransformerEncoderLayer`` (same parameter names):
+    same output and gradients in eval and, in training, the same dropout masks from the same seed
+    (SDPA's ``dropout_p`` and ``nn.Dropout``, drawn in the same order from torch's generator)."""
+    from vla_heads.act_vae.transformer import EncoderLayer
+
+    torch.manual_seed(0)
+    ours = EncoderLayer(16, 4, 24, 0.3, "relu", pre_norm).train(training)
+    ref = torch.nn.TransformerEncoderLayer(16, 4, 24, 0.3, batch_first=True, norm_first=pre_norm).train(training)
+    ref.load_state_dict(ours.state_dict())
+    _same_dropout_masks(ours, ref, ("dropout1",))
+    x = torch.randn(3, 7, 16)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    torch.manual_seed(5)
+    got = ours(x, None, mask)
+    torch.manual_seed(5)
+    want = ref(x, src_key_padding_mask=~mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if training:
+        assert not torch.allclose(got, ours.eval()(x, None, mask))  # dropout did act
+    g_ours = torch.autograd.grad(got.square().sum(), list(ours.parameters()))
+    g_ref = torch.autograd.grad(want.square().sum(), list(ref.parameters()))
+    for name, a, b in zip([n for n, _ in ours.named_parameters()], g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_training_attention_equals_sdpa_when_nothing_is_dropped(monkeypatch):
-    """The CPU training path (explicit softmax + vla_heads.dropout) is SDPA's math, masks included."""
-    from vla_heads import dropout as dropout_module
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_decoder_layer_is_torchs_transformer_decoder_layer(pre_norm):
+    """With zero query positions and no memory positions a DecoderLayer is ``nn.TransformerDecoderLayer``,
+    attention and feed-forward dropout masks included."""
+    from vla_heads.act_vae.transformer import DecoderLayer
 
-    h = head(dropout=0.2)
-    attn = h.encoder.layers[0].self_attn
-    g = torch.Generator().manual_seed(0)
-    q, kv = torch.randn(2, 4, 16, generator=g), torch.randn(2, 6, 16, generator=g)
+    torch.manual_seed(0)
+    ours = DecoderLayer(16, 4, 24, 0.3, "relu", pre_norm).train()
+    ref = torch.nn.TransformerDecoderLayer(16, 4, 24, 0.3, batch_first=True, norm_first=pre_norm).train()
+    ref.load_state_dict(ours.state_dict())
+    _same_dropout_masks(ours, ref, ("dropout1", "dropout2"))
+    x, memory = torch.randn(2, 5, 16), torch.randn(2, 6, 16)
     mask = torch.ones(2, 6, dtype=torch.bool)
     mask[0, 3:] = False
-    monkeypatch.setattr(dropout_module, "keep_mask", lambda shape, p, device="cpu": torch.ones(shape, dtype=torch.bool))
-    kept_all = attn.train()(q, kv, kv, mask)
-    reference = attn.eval()(q, kv, kv, mask)  # SDPA, no dropout
-    # every weight kept and scaled by 1 / (1 - p): the value mix is scaled before the output projection
-    bias = attn.out_proj.bias
-    torch.testing.assert_close(kept_all - bias, (reference - bias) / 0.8, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(3)
+    got = ours(x, memory, torch.zeros(1, 5, 16), None, mask)
+    torch.manual_seed(3)
+    want = ref(x, memory, memory_key_padding_mask=~mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, ours.eval()(x, memory, torch.zeros(1, 5, 16), None, mask))
+
+
+def test_attention_is_torchs_multihead_attention_with_positions():
+    """Queries and keys carry positions, values not (DETR): ``nn.MultiheadAttention(q, k, v)`` with
+    the same packed weights; fewer query rows than keys give those rows of the full output."""
+    from vla_heads.act_vae.transformer import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(16, 4, 0.0)
+    with torch.no_grad():
+        attn.in_proj_bias.normal_()
+    ref = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    ref.load_state_dict(attn.state_dict())
+    x, pos = torch.randn(2, 7, 16), torch.randn(1, 7, 16)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    qk = x + pos
+    full = attn(qk, qk, x, mask)
+    want = ref(qk, qk, x, key_padding_mask=~mask, need_weights=False)[0]
+    torch.testing.assert_close(full, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(attn(qk[:, :2], qk, x, mask), full[:, :2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_cls_readout_has_the_full_encoders_gradients(pre_norm):
+    """The VAE encoder's CLS readout (last layer on the first row only) against the full encoder's
+    first row: same output and same gradients for the input and every parameter."""
+    from vla_heads.act_vae.transformer import Encoder
+
+    torch.manual_seed(0)
+    enc = Encoder(2, 16, 4, 24, 0.1, "relu", pre_norm).eval()
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    pos = torch.randn(1, 7, 16)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[2, 3:] = False
+    params = [x, *enc.parameters()]
+    got = enc(x, pos, mask, first_only=True)
+    want = enc(x, pos, mask)[:, :1]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(got.square().sum(), params),
+                    torch.autograd.grad(want.square().sum(), params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_only_torch_dropout_modules():
+    """Every dropout is ``nn.Dropout``; a seeded training forward repeats, another seed differs."""
+    h = head(dropout=0.2)
+    kinds = {type(m) for m in h.modules() if "dropout" in type(m).__name__.lower()}
+    assert kinds == {torch.nn.Dropout}
+    ctx, batch = inputs(h)
+    runs = []
+    for seed in (4, 4, 5):
+        torch.manual_seed(seed)
+        runs.append(h(ctx, batch).loss)
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_tiny_config_builds_fast():
+    import time
+    from pathlib import Path
+
+    fields = ACTVAEHead.tiny_config(Path("."))
+    assert "type" not in fields and not {"action_dim", "state_dim", "context_dim"} & set(fields)
+    t0 = time.perf_counter()
+    h = HEADS.build({"type": "act_vae", "action_dim": 3, "state_dim": 4, "context_dim": 32, **fields})
+    assert time.perf_counter() - t0 < 1.0
+    ctx, batch = inputs(h)
+    check_head(h, ctx, batch)
 
 
 def test_vae_pos_table_is_the_act_sinusoid():
@@ -227,71 +311,6 @@ def test_shapes_over_dims(action_dim, state_dim, horizon, tokens, bsz, use_vae, 
     h.eval()
     with torch.no_grad():
         assert h.predict_action(ctx, batch).shape == (bsz, horizon, action_dim)
-
-
-@pytest.mark.parametrize("kw", [{}, {"n_vae_encoder_layers": 1}, {"state_dim": None}])
-def test_factored_first_vae_layer_equals_projecting_the_tokens(kw, monkeypatch):
-    """The first VAE layer's q/k/v from (W Wa) a: same posterior and same gradients as projecting
-    the action tokens, under the same dropout masks."""
-    h = head(**kw).train()
-    ctx, batch = inputs(h, bsz=3)
-    batch["action_is_pad"][1, 2:] = True
-    assert h._first_vae_projections(torch.zeros(3, 1 + bool(h.config.state_dim), 16), batch["action"]) is not None
-
-    def posterior_and_grads():
-        h.zero_grad(set_to_none=True)
-        torch.manual_seed(11)
-        out = h(ctx, batch)
-        out.loss.backward()
-        grads = {n: p.grad.clone() for n, p in h.named_parameters() if p.grad is not None}
-        return out.loss.detach(), grads
-
-    loss, grads = posterior_and_grads()
-    monkeypatch.setattr(ACTVAEHead, "_first_vae_projections", lambda self, fixed, action: None)
-    ref_loss, ref_grads = posterior_and_grads()
-    torch.testing.assert_close(loss, ref_loss)
-    assert grads.keys() == ref_grads.keys()
-    for name in grads:  # float rounding differs (different sums), relative to each gradient's scale
-        scale = ref_grads[name].abs().max().item()
-        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-5 * max(scale, 1.0), msg=name)
-
-
-def test_factored_projections_are_skipped_where_they_do_not_apply():
-    h = head(pre_norm=True)
-    assert h._first_vae_projections(torch.zeros(2, 2, 16), torch.zeros(2, 5, 3)) is None
-    with pytest.raises(ValueError, match="post-norm"):
-        h.vae_encoder.layers[0](torch.zeros(2, 7, 16), None, projected=(torch.zeros(2, 7, 16),) * 3)
-
-
-@settings(max_examples=15, deadline=None)
-@given(bsz=st.integers(1, 3), length=st.integers(1, 9), heads=st.sampled_from([1, 2, 4]), train=st.booleans(),
-       seed=st.integers(0, 1000))
-def test_one_query_attention_equals_projecting_keys_and_values(bsz, length, heads, train, seed):
-    """attend_one_query (the CLS readout of the VAE's last layer) against project + attend on the
-    first row: same output and gradients, with the same attention-dropout mask and a key mask."""
-    from vla_heads.act_vae.transformer import Attention
-
-    torch.manual_seed(seed)
-    attn = Attention(8, heads, 0.3).train(train)
-    with torch.no_grad():
-        attn.in_proj_bias.normal_()
-    key = torch.randn(bsz, length, 8, requires_grad=True)
-    value = torch.randn(bsz, length, 8, requires_grad=True)
-    mask = torch.rand(bsz, length) > 0.3
-    mask[:, 0] = True
-
-    def run(fn):
-        attn.zero_grad(set_to_none=True)
-        key.grad = value.grad = None
-        torch.manual_seed(seed + 1)
-        out = fn()
-        out.backward(torch.ones_like(out))
-        return [out.detach(), key.grad, value.grad] + [p.grad for p in attn.parameters()]
-
-    got = run(lambda: attn.attend_one_query(key[:, :1], key, value, mask))
-    ref = run(lambda: attn.attend(*attn.project(key[:, :1], key, value), mask))
-    for g, r in zip(got, ref):
-        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("pre_norm", [False, True])

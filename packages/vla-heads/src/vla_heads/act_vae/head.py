@@ -11,6 +11,8 @@ Loss: L1 over the non-padded steps + ``kl_weight`` x KL(q(z | s, a) || N(0, I)).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -140,45 +142,30 @@ class ACTVAEHead(ActionHead):
     def fsdp_units(self) -> set[type[nn.Module]]:
         return {EncoderLayer, DecoderLayer}
 
+    @classmethod
+    def tiny_config(cls, workdir: Path) -> dict[str, Any]:
+        """Config fields of a tiny instance for the contract suite; builds in well under a second."""
+        return {"horizon": 4, "dim_model": 32, "n_heads": 2, "dim_feedforward": 64, "n_encoder_layers": 1,
+                "n_decoder_layers": 1, "n_vae_encoder_layers": 1, "latent_dim": 8}
+
     # ------------------------------------------------------------------ pieces
     def encode_latent(self, state: Tensor | None, action: Tensor, is_pad: Tensor) -> tuple[Tensor, Tensor]:
-        """VAE posterior: state (B, S), action (B, H, A), is_pad (B, H) -> mu, log_var, each (B, latent)."""
+        """VAE posterior: state (B, S), action (B, H, A), is_pad (B, H) -> mu, log_var, each (B, latent).
+
+        The VAE encoder reads out its CLS token only: its last layer computes that one row.
+        """
         bsz = action.shape[0]
-        tokens = [self.vae_cls_embed.weight.expand(bsz, 1, -1)]
+        cls = self.vae_cls_embed(action.new_zeros(bsz, 1, dtype=torch.long))  # (B, 1, D)
+        tokens = [cls]
         if self.vae_state_proj is not None:
             tokens.append(self.vae_state_proj(state)[:, None])
         tokens.append(self.vae_action_proj(action))
-        x = torch.cat(tokens, dim=1)  # (B, 1 (+1) + H, D)
+        x = torch.cat(tokens, dim=1)  # (B, n_fixed + H, D), n_fixed = 1 (+1 with a state)
         n_fixed = x.shape[1] - action.shape[1]
-        valid = torch.cat([is_pad.new_ones(bsz, n_fixed), ~is_pad], dim=1)
-        projected = self._first_vae_projections(x[:, :n_fixed], action)
-        cls = self.vae_encoder(x, self.vae_pos_embed, valid, first_only=True, first_projected=projected)[:, 0]
+        valid = torch.cat([is_pad.new_ones(bsz, n_fixed), ~is_pad], dim=1)  # (B, n_fixed + H)
+        cls = self.vae_encoder(x, self.vae_pos_embed, valid, first_only=True)[:, 0]
         mu, log_var = self.vae_latent_proj(cls).chunk(2, dim=-1)
         return mu, log_var
-
-    def _first_vae_projections(self, fixed: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
-        """q, k, v (B, n_fixed + H, D) of the first VAE encoder layer, or None where not applicable.
-
-        With post-norm the first layer projects its input tokens directly, and an action token is
-        itself a linear map of the A-dim action: W (a Wa^T + ba) = a (W Wa)^T + W ba. So the
-        (3D x A) product ``W Wa`` replaces projecting H D-dim tokens per sample (ALOHA: 14 instead
-        of 512 inner dimensions), forward and backward; the positions' share of q and k is
-        projected once for the batch. Exact up to float rounding.
-        """
-        first, proj = self.vae_encoder.layers[0], self.vae_action_proj
-        if first.pre_norm or type(proj) is not nn.Linear:  # pre-norm projects norm1(x); a LoRA proj is not W a + b
-            return None
-        attn, d, n_fixed = first.self_attn, self.config.dim_model, fixed.shape[1]
-        w, b = attn.in_proj_weight, attn.in_proj_bias  # (3D, D), (3D,)
-        pos = self.vae_pos_embed  # (1, n_fixed + H, D)
-        fixed_qk = fixed + pos[:, :n_fixed]
-        q_f, k_f, v_f = attn.project(fixed_qk, fixed_qk, fixed)
-        qkv_a = nn.functional.linear(action, w @ proj.weight, w @ proj.bias + b)  # (B, H, 3D)
-        pos_qk = nn.functional.linear(pos[:, n_fixed:], w[: 2 * d])  # (1, H, 2D)
-        q_a = qkv_a[..., :d] + pos_qk[..., :d]
-        k_a = qkv_a[..., d : 2 * d] + pos_qk[..., d:]
-        v_a = qkv_a[..., 2 * d :]
-        return torch.cat([q_f, q_a], dim=1), torch.cat([k_f, k_a], dim=1), torch.cat([v_f, v_a], dim=1)
 
     def decode(self, latent: Tensor, context: BackboneOutput, batch: Batch) -> Tensor:
         """latent (B, latent_dim) + context tokens + state -> action chunk (B, H, A)."""
@@ -197,15 +184,14 @@ class ACTVAEHead(ActionHead):
             ctx_pos = feats.new_zeros(1, feats.shape[1], c.dim_model)
         elif ctx_pos.shape[-1] != c.dim_model:
             raise ValueError(f"act_vae: pos_embed has width {ctx_pos.shape[-1]}, expected dim_model {c.dim_model}")
-        one_d = self.token_pos_embed.weight[None].expand(ctx_pos.shape[0], -1, -1)
-        pos = torch.cat([one_d, ctx_pos], dim=1)  # (1 or B, n_1d + T, D)
-        mask = context.attention_mask
-        if mask is not None and not bool(mask.all()):
+        one_d = self.token_pos_embed(torch.arange(n_1d, device=feats.device))[None]  # (1, n_1d, D)
+        pos = torch.cat([one_d.expand(ctx_pos.shape[0], -1, -1), ctx_pos], dim=1)  # (1 or B, n_1d + T, D)
+        mask = context.attention_mask  # (B, T) True = valid; the 1D tokens are always valid
+        if mask is not None:
             mask = torch.cat([mask.new_ones(mask.shape[0], n_1d), mask], dim=1)
-        else:
-            mask = None
         memory = self.encoder(x, pos, mask)
-        out = self.decoder(self.query_pos_embed.weight, memory, pos, mask)
+        query_pos = self.query_pos_embed(torch.arange(self.horizon, device=feats.device))[None]  # (1, H, D)
+        out = self.decoder(query_pos, memory, pos, mask)
         return self.action_proj(out)
 
     def _target(self, batch: Batch) -> tuple[Tensor, Tensor]:
