@@ -36,7 +36,7 @@ def reference(lerobot_061_python, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lerobot_diffusion")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [str(lerobot_061_python), str(SCRIPT), str(out)], capture_output=True, text=True, env=env
+        [str(lerobot_061_python), str(SCRIPT), str(out)], check=False, capture_output=True, text=True, env=env
     )
     if proc.returncode:
         pytest.fail(f"the LeRobot peer script failed:\n{proc.stderr[-4000:]}")
@@ -84,7 +84,7 @@ def test_global_conditioning_and_denoiser_match(reference, case, tmp_path):
             # the training path (per-step FiLM) and the sampling path (FiLM table) both match
             got = policy.head.unet(x, torch.full((x.shape[0],), t), ref["global_cond"])
             assert (got - want).abs().max() <= 1e-4
-            fast = policy.head.unet.denoise(x, [f[i] for f in table])
+            fast = policy.head.unet(x, films=table.at(i))
             assert (fast - want).abs().max() <= 1e-4
 
 

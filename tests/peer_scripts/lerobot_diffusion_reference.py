@@ -29,38 +29,38 @@ from safetensors.torch import save_file
 
 CASES = {
     # PushT-like: one camera, GroupNorm, shared encoder, random crop (center crop at eval), DDIM.
-    "pusht_ddim": dict(
-        cameras=1,
-        image=(3, 64, 64),
-        state=2,
-        env=None,
-        action=2,
-        cfg=dict(
-            crop_shape=(56, 56),
-            use_group_norm=True,
-            use_separate_rgb_encoder_per_camera=False,
-            noise_scheduler_type="DDIM",
-            num_inference_steps=5,
-            prediction_type="epsilon",
-        ),
-    ),
+    "pusht_ddim": {
+        "cameras": 1,
+        "image": (3, 64, 64),
+        "state": 2,
+        "env": None,
+        "action": 2,
+        "cfg": {
+            "crop_shape": (56, 56),
+            "use_group_norm": True,
+            "use_separate_rgb_encoder_per_camera": False,
+            "noise_scheduler_type": "DDIM",
+            "num_inference_steps": 5,
+            "prediction_type": "epsilon",
+        },
+    },
     # Two cameras with one encoder each, BatchNorm (eval statistics), no crop, environment state, DDPM.
-    "two_cam_ddpm": dict(
-        cameras=2,
-        image=(3, 40, 48),
-        state=3,
-        env=4,
-        action=3,
-        cfg=dict(
-            crop_shape=None,
-            use_group_norm=False,
-            use_separate_rgb_encoder_per_camera=True,
-            noise_scheduler_type="DDPM",
-            num_inference_steps=None,
-            prediction_type="sample",
-            clip_sample_range=1.5,
-        ),
-    ),
+    "two_cam_ddpm": {
+        "cameras": 2,
+        "image": (3, 40, 48),
+        "state": 3,
+        "env": 4,
+        "action": 3,
+        "cfg": {
+            "crop_shape": None,
+            "use_group_norm": False,
+            "use_separate_rgb_encoder_per_camera": True,
+            "noise_scheduler_type": "DDPM",
+            "num_inference_steps": None,
+            "prediction_type": "sample",
+            "clip_sample_range": 1.5,
+        },
+    },
 }
 
 

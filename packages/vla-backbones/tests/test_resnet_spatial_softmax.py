@@ -152,3 +152,28 @@ def test_config_errors_name_the_field():
         make(vision_backbone="vit")
     with pytest.raises(ConfigError, match="image_keys"):
         build_backbone({"type": "resnet_spatial_softmax", "image_shape": [3, 8, 8]})
+
+
+def test_spatial_softmax_keeps_low_precision_features_with_an_fp32_grid():
+    """FSDP's mixed precision casts parameters, not buffers: the fp32 position grid follows the features."""
+    pool = SpatialSoftmax(channels=4, height=3, width=3, num_keypoints=2)
+    pool.conv.to(torch.bfloat16)
+    out = pool(torch.randn(2, 4, 3, 3, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 2, 2)
+    assert pool.pos_grid.dtype == torch.float32
+
+
+def test_tiny_config_fits_the_contract_cameras(tmp_path):
+    fields = SpatialSoftmaxBackbone.tiny_config(tmp_path)
+    assert fields["use_group_norm"] and "image_keys" not in fields and "image_shape" not in fields
+    backbone = build_backbone(
+        {
+            "type": "resnet_spatial_softmax",
+            "image_keys": ["observation.images.top", "observation.images.wrist"],
+            "image_shape": [3, 32, 32],
+            **fields,
+        }
+    )
+    torch.manual_seed(0)
+    context = check_backbone(backbone, images(backbone))
+    assert context.features.shape == (2, 2, 2 * fields["num_keypoints"])

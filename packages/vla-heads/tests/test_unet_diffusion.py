@@ -1,4 +1,5 @@
-"""unet_diffusion: the GEMM UNet equals a plain nn.Conv1d formulation, conditioning, schedulers, loss, EMA."""
+"""unet_diffusion: the UNet equals Diffusion Policy's functional formulation, the FiLM table, conditioning,
+schedulers, loss, EMA."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from vla_core import BackboneOutput, ConfigError, FeatureType, PolicyFeature, build_head
 from vla_core.testing import check_head, random_batch
 from vla_heads.unet_diffusion import ConditionalUnet1d, UNetDiffusionHead
-from vla_heads.unet_diffusion.layers import conv1d_btc, group_norm_btc, upsample2x_btc
+from vla_heads.unet_diffusion.layers import ResidualBlock1d
 
 TINY = {"down_dims": [8, 16, 32], "diffusion_step_embed_dim": 8, "n_groups": 4, "kernel_size": 3}
 
@@ -64,7 +65,8 @@ def inputs(head: UNetDiffusionHead, batch_size: int = 2, seed: int = 0):
 
 # ----------------------------------------------------------------------------- reference formulation
 def reference_unet(unet: ConditionalUnet1d, x, timestep, global_cond):
-    """The same parameters through plain nn.Conv1d / ConvTranspose1d / GroupNorm in (B, C, T) layout."""
+    """The same parameters through functional conv1d / conv_transpose1d / group_norm (Diffusion Policy's
+    math written out), x (B, H, A)."""
 
     def conv_block(block, h):
         h = F.conv1d(h, block.conv.weight, block.conv.bias, padding=block.conv.padding)
@@ -74,7 +76,7 @@ def reference_unet(unet: ConditionalUnet1d, x, timestep, global_cond):
 
     def res(block, h, cond):
         out = conv_block(block.conv1, h)
-        film = block.film(F.mish(cond)).unsqueeze(-1)
+        film = F.linear(F.mish(cond), block.film.weight, block.film.bias).unsqueeze(-1)
         c = block.out_channels
         out = film[:, :c] * out + film[:, c:] if block.scale_modulation else out + film
         out = conv_block(block.conv2, out)
@@ -98,31 +100,8 @@ def reference_unet(unet: ConditionalUnet1d, x, timestep, global_cond):
     return F.conv1d(h, unet.final_proj.weight, unet.final_proj.bias).transpose(1, 2)
 
 
-@settings(max_examples=8, deadline=None)
-@given(
-    t=st.integers(2, 9),
-    c_in=st.integers(1, 9),
-    c_out=st.integers(1, 9),
-    k=st.sampled_from([1, 3, 5]),
-    stride=st.sampled_from([1, 2]),
-)
-def test_gemm_convolutions_equal_torch_convolutions(t, c_in, c_out, k, stride):
-    g = torch.Generator().manual_seed(t * 100 + c_in)
-    x = torch.randn(2, c_in, t, generator=g)
-    w, b = torch.randn(c_out, c_in, k, generator=g), torch.randn(c_out, generator=g)
-    got = conv1d_btc(x.transpose(1, 2), w, b, stride=stride, padding=k // 2).transpose(1, 2)
-    torch.testing.assert_close(got, F.conv1d(x, w, b, stride=stride, padding=k // 2), atol=1e-5, rtol=1e-5)
-    wt = torch.randn(c_in, c_out, 4, generator=g)
-    got = upsample2x_btc(x.transpose(1, 2), wt, b).transpose(1, 2)
-    torch.testing.assert_close(got, F.conv_transpose1d(x, wt, b, stride=2, padding=1), atol=1e-5, rtol=1e-5)
-    if c_in % 2 == 0:
-        gw, gb = torch.randn(c_in, generator=g), torch.randn(c_in, generator=g)
-        got = group_norm_btc(x.transpose(1, 2), 2, gw, gb, 1e-5).transpose(1, 2)
-        torch.testing.assert_close(got, F.group_norm(x, 2, gw, gb, 1e-5), atol=1e-5, rtol=1e-5)
-
-
 @pytest.mark.parametrize("scale", [True, False])
-def test_unet_equals_the_plain_conv_reference(scale):
+def test_unet_equals_the_functional_reference(scale):
     torch.manual_seed(0)
     unet = ConditionalUnet1d(
         3, 10, down_dims=(8, 16, 32), kernel_size=5, n_groups=4, step_embed_dim=8, scale_modulation=scale
@@ -132,20 +111,66 @@ def test_unet_equals_the_plain_conv_reference(scale):
     torch.testing.assert_close(unet(x, t, g), want, atol=1e-5, rtol=1e-4)
     table = unet.film_table(torch.tensor([99, 3]), g)  # the sampling path: FiLM precomputed per step
     torch.testing.assert_close(
-        unet.denoise(x, [f[1] for f in table]),
-        reference_unet(unet, x, torch.full((4,), 3), g),
-        atol=1e-5,
-        rtol=1e-4,
+        unet(x, films=table.at(1)), reference_unet(unet, x, torch.full((4,), 3), g), atol=1e-5, rtol=1e-4
     )
-    want.square().mean().backward()  # gradients reach every parameter through the GEMM path
     grads = torch.autograd.grad(unet(x, t, g).square().mean(), list(unet.parameters()))
-    assert all(gr.abs().sum() > 0 for gr in grads)
+    assert all(gr.abs().sum() > 0 for gr in grads)  # the loss reaches every parameter
+
+
+def test_unet_is_torch_conv_modules_with_lerobot_names():
+    unet = ConditionalUnet1d(2, 6, down_dims=(8, 16), kernel_size=3, n_groups=2, step_embed_dim=8)
+    assert isinstance(unet.encoder[0].downsample, torch.nn.Conv1d)
+    assert isinstance(unet.decoder[0].upsample, torch.nn.ConvTranspose1d)
+    assert isinstance(unet.encoder[0].res1.conv1.norm, torch.nn.GroupNorm)
+    assert (
+        isinstance(unet.encoder[0].res1.residual, torch.nn.Conv1d) and unet.encoder[0].res2.residual is None
+    )
+    names = set(unet.state_dict())
+    for key in (  # the names vla_train.convert.lerobot_diffusion.KEY_RENAMES maps LeRobot's keys to
+        "step_encoder.1.weight",
+        "encoder.0.res1.conv1.conv.weight",
+        "encoder.0.res1.conv1.norm.bias",
+        "encoder.0.res1.film.weight",
+        "encoder.0.res1.residual.weight",
+        "encoder.0.downsample.weight",
+        "mid.1.conv2.conv.bias",
+        "decoder.0.upsample.weight",
+        "final_block.conv.weight",
+        "final_proj.bias",
+    ):
+        assert key in names
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    scale=st.booleans(),
+    c_in=st.sampled_from([2, 4, 8]),
+    c_out=st.sampled_from([4, 8]),
+    steps=st.integers(1, 5),
+    bsz=st.integers(1, 3),
+)
+def test_block_film_table_equals_its_film_projection(scale, c_in, c_out, steps, bsz):
+    """FiLM from the table (step part + global part) gives the block's own forward on ``cond``."""
+    torch.manual_seed(steps * 10 + bsz)
+    block = ResidualBlock1d(c_in, c_out, 5 + 3, kernel_size=3, n_groups=2, scale_modulation=scale)
+    x, step_emb, glob = torch.randn(bsz, c_in, 4), torch.randn(steps, 5), torch.randn(bsz, 3)
+    step_part, global_part = block.film_table(F.mish(step_emb), F.mish(glob))
+    assert step_part.shape == (steps, block.film.out_features) and global_part.shape == (
+        bsz,
+        step_part.shape[1],
+    )
+    for i in range(steps):
+        cond = torch.cat([step_emb[i].expand(bsz, -1), glob], dim=-1)
+        want = block(x, cond)
+        torch.testing.assert_close(block(x, film=step_part[i] + global_part), want, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="cond"):
+        block(x)
 
 
 # ----------------------------------------------------------------------------- head
 def test_contract_suite():
     torch.manual_seed(0)
-    head = make_head()
+    head = make_head(noise_scheduler_type="DDIM", num_inference_steps=5)  # deterministic from noise alone
     context, batch = inputs(head)
     check_head(head, context, batch)
     assert head.training_defaults == {"ema": True}
@@ -199,7 +224,7 @@ def test_mean_pooling_takes_any_number_of_tokens_and_ignores_padding():
         make_head().global_conditioning(longer, batch)
 
 
-def test_ddim_is_deterministic_given_noise_and_ddpm_uses_the_generator():
+def test_ddim_is_deterministic_given_noise_and_ddpm_draws_from_the_generator_or_global_rng():
     torch.manual_seed(0)
     head = make_head(noise_scheduler_type="DDIM", num_inference_steps=5).eval()
     context, batch = inputs(head)
@@ -215,6 +240,16 @@ def test_ddim_is_deterministic_given_noise_and_ddpm_uses_the_generator():
     torch.testing.assert_close(c, d)
     assert not torch.allclose(c, e) and not torch.allclose(a, c)
     assert head.num_inference_steps == 20 and len(head.noise_scheduler.timesteps) == 20
+    # without a generator, DDPM's per-step noise comes from the global RNG (diffusers / LeRobot)
+    torch.manual_seed(7)
+    f = head.predict_action(context, batch, noise=noise)
+    torch.manual_seed(7)
+    torch.testing.assert_close(head.predict_action(context, batch, noise=noise), f)
+    torch.manual_seed(7)
+    torch.testing.assert_close(
+        head.predict_action(context, batch, noise=noise, generator=torch.default_generator), f
+    )
+    assert not torch.allclose(head.predict_action(context, batch, noise=noise), f)  # the RNG moved on
 
 
 def test_scheduler_switch_matches_a_head_built_with_the_other_type():
@@ -232,7 +267,7 @@ def test_scheduler_switch_matches_a_head_built_with_the_other_type():
 
 
 def test_sampling_loop_equals_plain_scheduler_loop():
-    """The FiLM table + inference-mode loop gives what a plain per-step UNet call gives."""
+    """The FiLM table + inference-mode loop gives what a plain per-step UNet call (training path) gives."""
     torch.manual_seed(0)
     head = make_head(noise_scheduler_type="DDIM", num_inference_steps=6, clip_sample=False).eval()
     context, batch = inputs(head)
@@ -301,3 +336,15 @@ def test_config_errors_name_the_field():
         make_head(image_keys=[], num_context_tokens=None)
     with pytest.raises(ConfigError, match="num_inference_steps"):
         make_head(num_inference_steps=50)
+
+
+def test_tiny_config_builds_a_small_working_head(tmp_path):
+    fields = UNetDiffusionHead.tiny_config(tmp_path)
+    assert "type" not in fields and "action_dim" not in fields and "context_dim" not in fields
+    head = build_head({"type": "unet_diffusion", "action_dim": 3, "context_dim": 6, "state_dim": 4, **fields})
+    assert sum(p.numel() for p in head.parameters()) < 50_000
+    assert head.config.context_pooling == "mean" and head.num_inference_steps == 4
+    torch.manual_seed(0)
+    context, batch = inputs(head)  # three tokens: mean pooling takes any count
+    head.use_scheduler("DDIM", 4)
+    check_head(head, context, batch)

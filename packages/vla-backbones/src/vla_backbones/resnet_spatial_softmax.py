@@ -126,7 +126,7 @@ class SpatialSoftmax(nn.Module):
         maps = self.conv(features)
         n, k = maps.shape[:2]
         attention = F.softmax(maps.reshape(n * k, -1), dim=-1)
-        return (attention @ self.pos_grid).view(n, k, 2)
+        return (attention @ self.pos_grid.to(attention.dtype)).view(n, k, 2)
 
 
 class RgbEncoder(nn.Module):
@@ -152,8 +152,8 @@ class RgbEncoder(nn.Module):
 def center_crop(images: Tensor, size: tuple[int, int]) -> Tensor:
     """(N, C, H, W) -> (N, C, h, w), the central window (torchvision's rounding of the offsets)."""
     h, w = size
-    top = int(round((images.shape[-2] - h) / 2.0))
-    left = int(round((images.shape[-1] - w) / 2.0))
+    top = round((images.shape[-2] - h) / 2.0)
+    left = round((images.shape[-1] - w) / 2.0)
     return images[..., top : top + h, left : left + w]
 
 
@@ -182,7 +182,19 @@ class SpatialSoftmaxBackbone(Backbone):
         self.encoders = nn.ModuleList(RgbEncoder(config) for _ in range(n_encoders))
         self.output_dim = 2 * config.num_keypoints
 
+    @classmethod
+    def tiny_config(cls, workdir: Path) -> dict[str, Any]:
+        """Config fields of a tiny instance for the contract suite; builds in well under a second."""
+        return {
+            "vision_backbone": "resnet18",
+            "use_group_norm": True,
+            "num_keypoints": 4,
+            "crop_shape": [24, 24],
+        }
+
     def fsdp_units(self) -> set[type[nn.Module]]:
+        """One unit per camera encoder: it runs the whole ResNet trunk, SpatialSoftmax and projection
+        in its own forward."""
         return {RgbEncoder}
 
     def preprocess(self, images: Tensor) -> Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -25,12 +25,6 @@ def make_scheduler(kind: str, **kwargs: Any):
     if kind not in schedulers:
         raise ConfigError(f"noise_scheduler_type: expected one of {sorted(schedulers)}, received {kind!r}")
     return schedulers[kind](**kwargs)
-
-
-def _generator_from(noise: Tensor) -> torch.Generator:
-    """A generator on ``noise``'s device seeded by a hash of its values."""
-    digest = hashlib.blake2b(noise.detach().float().cpu().numpy().tobytes(), digest_size=8).digest()
-    return torch.Generator(device=noise.device).manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
 @HEADS.register("unet_diffusion")
@@ -86,6 +80,24 @@ class UNetDiffusionHead(ActionHead):
             prediction_type=c.prediction_type,
         )
         self.num_inference_steps = num_inference_steps or c.num_train_timesteps
+
+    @classmethod
+    def tiny_config(cls, workdir: Path) -> dict[str, Any]:
+        """Config fields of a tiny instance for the contract suite; builds in well under a second.
+
+        ``context_pooling="mean"``: the suite pairs the head with every backbone, some of which emit
+        a varying number of tokens (flatten pooling needs a fixed count).
+        """
+        return {
+            "horizon": 8,
+            "down_dims": [8, 16],
+            "kernel_size": 3,
+            "n_groups": 2,
+            "diffusion_step_embed_dim": 8,
+            "context_pooling": "mean",
+            "num_train_timesteps": 20,
+            "num_inference_steps": 4,
+        }
 
     def fsdp_units(self) -> set[type[torch.nn.Module]]:
         return {ResidualBlock1d}
@@ -170,12 +182,11 @@ class UNetDiffusionHead(ActionHead):
     ) -> Tensor:
         """Normalized action chunk (B, H, A) by the scheduler's reverse process from ``noise`` (B, H, A).
 
-        DDIM is deterministic given ``noise``. DDPM also draws noise at every step: from ``generator``
-        when given; else, when ``noise`` is given, from a generator seeded with a hash of ``noise``
-        (so a chunk is reproducible from its initial noise); else from the global RNG.
+        DDIM is deterministic given ``noise``. DDPM also draws noise (B, H, A) at every step: from
+        ``generator`` when given, else from the global RNG (as diffusers and LeRobot do), so a
+        reproducible DDPM chunk needs both ``noise`` and a seeded ``generator``. ``noise=None`` draws
+        the initial noise from ``generator`` (or the global RNG) too.
         """
-        if generator is None and noise is not None:
-            generator = _generator_from(noise)
         with torch.inference_mode():
             global_cond = self.global_conditioning(context, batch)
             bsz = global_cond.shape[0]
@@ -190,6 +201,6 @@ class UNetDiffusionHead(ActionHead):
             scheduler.set_timesteps(self.num_inference_steps, device=device)
             films = self.unet.film_table(scheduler.timesteps, global_cond)
             for i, t in enumerate(scheduler.timesteps):
-                out = self.unet.denoise(sample, [f[i] for f in films])
+                out = self.unet(sample, films=films.at(i))
                 sample = scheduler.step(out, t, sample, generator=generator).prev_sample
         return sample.clone()

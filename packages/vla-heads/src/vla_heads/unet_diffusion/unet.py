@@ -1,6 +1,6 @@
-"""Diffusion Policy's conditional 1D UNet (FiLM-conditioned residual conv blocks), time-major.
+"""Diffusion Policy's conditional 1D UNet (FiLM-conditioned residual conv blocks).
 
-Structure (``down_dims = (d0, d1, d2)``, action dim A, horizon H):
+Structure (``down_dims = (d0, d1, d2)``, action dim A, horizon H), LeRobot's layout:
 
 - ``step_encoder``: sinusoidal(E) -> Linear(E, 4E) -> Mish -> Linear(4E, E)
 - ``encoder[i]``: ``res1`` (c_in -> d_i), ``res2`` (d_i -> d_i), then a stride-2 conv ``downsample``
@@ -10,37 +10,54 @@ Structure (``down_dims = (d0, d1, d2)``, action dim A, horizon H):
   previous output concatenated with the matching encoder output (skip connection)
 - ``final_block`` (Conv-GroupNorm-Mish at d0) and ``final_proj`` (1x1 conv to A)
 
-Every residual block is FiLM-conditioned on ``cond = [step_embedding(t), global_cond]``. Because
-``Linear(Mish(cond))`` splits into a step part and a global part, :meth:`ConditionalUnet1d.film_table`
-computes every block's FiLM parameters for all denoising steps of a sampling run at once; the
-per-step work is then only the convolutions (:meth:`ConditionalUnet1d.denoise`).
+Every residual block is FiLM-conditioned on ``cond = [step_embedding(t), global_cond]`` (B, E+G).
+For sampling, :meth:`ConditionalUnet1d.film_table` computes every block's FiLM parameters for all
+denoising steps of a run at once (each block through its own :meth:`ResidualBlock1d.film_table`),
+so the per-step work is only the convolutions.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vla_heads.unet_diffusion.layers import (
-    Conv1dGemm,
-    ConvNormMish,
-    ResidualBlock1d,
-    SinusoidalEmbedding,
-    Upsample2x,
-)
+from vla_heads.unet_diffusion.layers import ConvNormMish, ResidualBlock1d, SinusoidalEmbedding
 
 
 class EncoderLevel(nn.Module):
-    def __init__(self, res1: ResidualBlock1d, res2: ResidualBlock1d, downsample: Conv1dGemm | None) -> None:
+    """Two residual blocks, then (except at the deepest level) a stride-2 conv halving the time axis."""
+
+    def __init__(self, res1: ResidualBlock1d, res2: ResidualBlock1d, downsample: nn.Conv1d | None) -> None:
         super().__init__()
         self.res1, self.res2, self.downsample = res1, res2, downsample
 
 
 class DecoderLevel(nn.Module):
-    def __init__(self, res1: ResidualBlock1d, res2: ResidualBlock1d, upsample: Upsample2x) -> None:
+    """Two residual blocks on ``[x, skip]``, then a transposed conv doubling the time axis."""
+
+    def __init__(self, res1: ResidualBlock1d, res2: ResidualBlock1d, upsample: nn.ConvTranspose1d) -> None:
         super().__init__()
         self.res1, self.res2, self.upsample = res1, res2, upsample
+
+
+@dataclass(frozen=True)
+class FilmTable:
+    """FiLM parameters of every residual block for every step of a sampling run, factored.
+
+    ``step_parts[k]`` (S, F_k) and ``global_parts[k]`` (B, F_k) for block ``k`` (execution order);
+    block ``k``'s parameters at step ``i`` are ``step_parts[k][i] + global_parts[k]`` (B, F_k).
+    """
+
+    step_parts: tuple[Tensor, ...]
+    global_parts: tuple[Tensor, ...]
+
+    def at(self, i: int) -> list[Tensor]:
+        """Every block's FiLM parameters at step ``i``: list of (B, F_k)."""
+        return [s[i] + g for s, g in zip(self.step_parts, self.global_parts)]
 
 
 class ConditionalUnet1d(nn.Module):
@@ -58,9 +75,8 @@ class ConditionalUnet1d(nn.Module):
         scale_modulation: bool = True,
     ) -> None:
         super().__init__()
-        self.step_embed_dim = step_embed_dim
         cond_dim = step_embed_dim + global_cond_dim
-        block = dict(kernel_size=kernel_size, n_groups=n_groups, scale_modulation=scale_modulation)
+        block = {"kernel_size": kernel_size, "n_groups": n_groups, "scale_modulation": scale_modulation}
 
         def res(c_in: int, c_out: int) -> ResidualBlock1d:
             return ResidualBlock1d(c_in, c_out, cond_dim, **block)
@@ -76,7 +92,7 @@ class ConditionalUnet1d(nn.Module):
             EncoderLevel(
                 res(widths[i], widths[i + 1]),
                 res(widths[i + 1], widths[i + 1]),
-                Conv1dGemm(widths[i + 1], widths[i + 1], 3, stride=2, padding=1)
+                nn.Conv1d(widths[i + 1], widths[i + 1], 3, stride=2, padding=1)
                 if i < len(down_dims) - 1
                 else None,
             )
@@ -88,14 +104,13 @@ class ConditionalUnet1d(nn.Module):
             DecoderLevel(
                 res(2 * down_dims[i + 1], down_dims[i]),
                 res(down_dims[i], down_dims[i]),
-                Upsample2x(down_dims[i]),
+                nn.ConvTranspose1d(down_dims[i], down_dims[i], 4, stride=2, padding=1),
             )
             for i in reversed(range(len(down_dims) - 1))
         )
         self.final_block = ConvNormMish(down_dims[0], down_dims[0], kernel_size, n_groups)
-        self.final_proj = Conv1dGemm(down_dims[0], action_dim, 1)
+        self.final_proj = nn.Conv1d(down_dims[0], action_dim, 1)
 
-    # ------------------------------------------------------------------ conditioning
     def blocks(self) -> list[ResidualBlock1d]:
         """The residual blocks in execution order."""
         out: list[ResidualBlock1d] = []
@@ -106,50 +121,54 @@ class ConditionalUnet1d(nn.Module):
             out += [level.res1, level.res2]
         return out
 
-    def film_params(self, timestep: Tensor, global_cond: Tensor) -> list[Tensor]:
-        """Per-block FiLM parameters for one step per sample: timestep (B,), global_cond (B, G)
-        -> list of (B, 2C) (or (B, C) without scale modulation)."""
-        step = self.step_encoder(timestep)
-        cond = F.mish(torch.cat([step.to(global_cond.dtype), global_cond], dim=-1))
-        return [block.film(cond) for block in self.blocks()]
+    def film_table(self, timesteps: Tensor, global_cond: Tensor) -> FilmTable:
+        """FiLM parameters of every block for the steps ``timesteps`` (S,) and ``global_cond`` (B, G).
 
-    def film_table(self, timesteps: Tensor, global_cond: Tensor) -> list[Tensor]:
-        """FiLM parameters of every block for every step of a sampling run.
-
-        timesteps (S,), global_cond (B, G) -> list of (S, B, 2C). Mish acts elementwise, so
-        ``Linear(Mish([e_t, g])) = W_e Mish(e_t) + W_g Mish(g) + b``: the step part is one GEMM
-        over the S steps and the global part one GEMM over the batch, per block.
+        Mish acts elementwise, so each block's ``Linear(Mish([e_t, g]))`` splits into a part that
+        depends only on the step and a part that depends only on the sample
+        (:meth:`ResidualBlock1d.film_table`): S + B rows per block instead of S * B.
         """
-        e = self.step_embed_dim
-        step = F.mish(self.step_encoder(timesteps).to(global_cond.dtype))  # (S, E)
-        glob = F.mish(global_cond)  # (B, G)
-        table = []
-        for block in self.blocks():
-            w, b = block.film.weight, block.film.bias
-            table.append(F.linear(step, w[:, :e]).unsqueeze(1) + F.linear(glob, w[:, e:], b))
-        return table
+        step_mish = F.mish(self.step_encoder(timesteps).to(global_cond.dtype))  # (S, E)
+        global_mish = F.mish(global_cond)  # (B, G)
+        parts = [block.film_table(step_mish, global_mish) for block in self.blocks()]
+        return FilmTable(tuple(s for s, _ in parts), tuple(g for _, g in parts))
 
-    # ------------------------------------------------------------------ denoising
-    def denoise(self, x: Tensor, films: list[Tensor]) -> Tensor:
-        """x (B, H, A) and per-block FiLM parameters (from :meth:`film_params` or one row of
-        :meth:`film_table`) -> (B, H, A)."""
-        films = iter(films)
+    def forward(
+        self,
+        x: Tensor,
+        timestep: Tensor | None = None,
+        global_cond: Tensor | None = None,
+        *,
+        films: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """x (B, H, A), timestep (B,) int, global_cond (B, G) -> (B, H, A).
+
+        ``films``: every block's precomputed FiLM parameters for this step (``FilmTable.at(i)``),
+        used instead of ``timestep`` and ``global_cond`` (sampling).
+        """
+        cond = None
+        if films is None:
+            if timestep is None or global_cond is None:
+                raise ValueError(
+                    "ConditionalUnet1d: pass `timestep` and `global_cond`, or precomputed `films`"
+                )
+            cond = torch.cat([self.step_encoder(timestep).to(global_cond.dtype), global_cond], dim=-1)
+        film = iter(films) if films is not None else None
+
+        def res(block: ResidualBlock1d, h: Tensor) -> Tensor:
+            return block(h, cond, film=None if film is None else next(film))
+
+        h = x.transpose(1, 2)  # (B, A, H): channels first, as nn.Conv1d takes them
         skips = []
         for level in self.encoder:
-            x = level.res1(x, next(films))
-            x = level.res2(x, next(films))
-            skips.append(x)
+            h = res(level.res2, res(level.res1, h))
+            skips.append(h)
             if level.downsample is not None:
-                x = level.downsample(x)
+                h = level.downsample(h)
         for block in self.mid:
-            x = block(x, next(films))
+            h = res(block, h)
         for level in self.decoder:
-            x = torch.cat([x, skips.pop()], dim=-1)
-            x = level.res1(x, next(films))
-            x = level.res2(x, next(films))
-            x = level.upsample(x)
-        return self.final_proj(self.final_block(x))
-
-    def forward(self, x: Tensor, timestep: Tensor, global_cond: Tensor) -> Tensor:
-        """x (B, H, A), timestep (B,) int, global_cond (B, G) -> (B, H, A)."""
-        return self.denoise(x, self.film_params(timestep, global_cond))
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = res(level.res2, res(level.res1, h))
+            h = level.upsample(h)
+        return self.final_proj(self.final_block(h)).transpose(1, 2)
