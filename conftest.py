@@ -1,4 +1,8 @@
-"""Repository-wide pytest fixtures: the peer (LeRobot) side venvs.
+"""Repository-wide pytest setup: one intra-op thread (tiny models), and the peer (LeRobot) side venvs.
+
+Tests use tiny models, for which torch's thread pool only costs time; with several processes on a
+small machine (torchrun ranks, peers, pytest itself), spinning thread pools slow a 10 us matmul down
+to milliseconds. Subprocesses the tests start inherit the setting through ``OMP_NUM_THREADS``.
 
 The peer venvs are created on first use (minutes when uncached) by ``benchmarks/peer_env.py``, which is
 imported by file path so that neither ``benchmarks`` nor LeRobot has to be importable here.  Set
@@ -13,6 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 _PEER_ENV_PATH = Path(__file__).resolve().parent / "benchmarks" / "peer_env.py"
 

@@ -43,6 +43,26 @@ def test_projector_is_built_when_widths_differ():
     assert type(auto.projector).__name__ == "LinearProjector"
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(1, 6), st.integers(0, 2**16))
+def test_linear_projector_maps_positions_so_sums_project_alike(in_dim, out_dim, tokens, seed):
+    from vla_core import LinearProjector
+    from vla_core.projectors import LinearProjectorConfig
+
+    torch.manual_seed(seed)
+    projector = LinearProjector(LinearProjectorConfig(in_dim=in_dim, out_dim=out_dim))
+    x, pos = torch.randn(2, tokens, in_dim), torch.randn(1, tokens, in_dim)
+    features, positions = projector(x, pos)
+    torch.testing.assert_close(features + positions, projector(x + pos)[0])
+
+
+def test_projector_settings_that_contradict_the_pair_are_errors():
+    with pytest.raises(ConfigError, match="projector.in_dim: the backbone gives width 16"):
+        make_policy(head={"type": "test_mlp", "context_dim": 24}, projector={"type": "linear", "in_dim": 8})
+    with pytest.raises(ConfigError, match="projector.out_dim: head 'test_mlp' needs width 24"):
+        make_policy(head={"type": "test_mlp", "context_dim": 24}, projector={"type": "linear", "out_dim": 12})
+
+
 def test_unknown_component_and_field_errors():
     with pytest.raises(UnknownComponentError, match="Did you mean 'test_mlp'"):
         VLAPolicy.from_config(policy_config(head={"type": "test_mpl"}))

@@ -333,7 +333,8 @@ def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="noise_scheduler_type"):
         make_head(noise_scheduler_type="Euler")
     with pytest.raises(ConfigError, match="num_context_tokens"):
-        make_head(image_keys=[], num_context_tokens=None)
+        make_head(image_keys=[], num_context_tokens=None, context_pooling="flatten")
+    assert make_head(image_keys=[], num_context_tokens=None).config.pooling == "mean"  # unset: what fits
     with pytest.raises(ConfigError, match="num_inference_steps"):
         make_head(num_inference_steps=50)
 

@@ -27,6 +27,7 @@ from vla_core import (
     CheckpointError,
     ComponentConfig,
     ConfigError,
+    ContextSpec,
     load_tensors,
 )
 from vla_core.config import check_choice, check_positive
@@ -154,6 +155,18 @@ class ResNetACTBackbone(Backbone):
 
     def fsdp_units(self) -> set[type[nn.Module]]:
         return {type(self.resnet.layer1[0])}  # BasicBlock or Bottleneck, each called as a module
+
+    def context_spec(self) -> ContextSpec:
+        """Width ``dim_model``, one token per feature-map cell of every camera, sine positions."""
+        c = self.config
+        halvings = 4 if c.replace_final_stride_with_dilation else 5  # stride-2 stages, each ceil(n / 2)
+        tokens = None
+        if c.image_shape is not None:
+            h, w = c.image_shape[1:]
+            for _ in range(halvings):
+                h, w = (h + 1) // 2, (w + 1) // 2
+            tokens = len(c.image_keys) * h * w
+        return ContextSpec(width=c.dim_model, num_tokens=tokens, pos_embed=True)
 
     def feature_map(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, dim_model, h, w) with h, w = H/32, W/32 (H/16, W/16 with dilation).

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from vla_core import BACKBONES, Backbone, BackboneOutput, ConfigError
+from vla_core import BACKBONES, Backbone, BackboneOutput, ConfigError, ContextSpec
 from vla_core.checkpoint import load_tensors
 from vla_core.config import ComponentConfig, check_positive
 
@@ -191,6 +191,11 @@ class SpatialSoftmaxBackbone(Backbone):
             "num_keypoints": 4,
             "crop_shape": [24, 24],
         }
+
+    def context_spec(self) -> ContextSpec:
+        """Width 2K, one token per camera and observation step, no positions."""
+        c = self.config
+        return ContextSpec(width=self.output_dim, num_tokens=c.n_obs_steps * len(c.image_keys))
 
     def fsdp_units(self) -> set[type[nn.Module]]:
         """One unit per camera encoder: it runs the whole ResNet trunk, SpatialSoftmax and projection

@@ -6,7 +6,14 @@ Imports only torch, safetensors, huggingface_hub and numpy.
 """
 
 from vla_core.actions import ActionQueue, TemporalEnsembler
-from vla_core.checkpoint import LoadReport, apply_name_mapping, load_checkpoint, load_into, load_tensors, save_safetensors
+from vla_core.checkpoint import (
+    LoadReport,
+    apply_name_mapping,
+    load_checkpoint,
+    load_into,
+    load_tensors,
+    save_safetensors,
+)
 from vla_core.config import ComponentConfig
 from vla_core.errors import (
     CheckpointError,

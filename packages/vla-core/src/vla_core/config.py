@@ -14,6 +14,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar, Union
 
+from typing_extensions import Self
+
 from vla_core.errors import ConfigError, closest
 
 C = TypeVar("C", bound="ComponentConfig")
@@ -90,7 +92,7 @@ class ComponentConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """Build from a plain mapping; unknown fields and wrong types raise :class:`ConfigError`."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{cls.__name__}: expected a mapping of fields, received {type(data).__name__}")
@@ -122,10 +124,10 @@ class ComponentConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls: type[C], text: str) -> C:
+    def from_json(cls, text: str) -> Self:
         return cls.from_dict(json.loads(text))
 
-    def replace(self: C, **changes: Any) -> C:
+    def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied (validated like ``from_dict``)."""
         return type(self).from_dict({**self.to_dict(), **changes})
 

@@ -170,7 +170,7 @@ class ActionHead(Component):
         it. Default: ``context_dim`` (when the config has that field and leaves it unset) becomes
         the context width.
         """
-        if "context_dim" in config.field_names() and getattr(config, "context_dim") is None:
+        if "context_dim" in config.field_names() and config.context_dim is None:
             return dataclasses.replace(config, context_dim=context.width)
         return config
 

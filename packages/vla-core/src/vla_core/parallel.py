@@ -60,7 +60,12 @@ def apply_fsdp2(
     unit's ``fsdp_forward_methods`` and the root's inference methods are registered with
     ``register_fsdp_forward_method``.
     """
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        MixedPrecisionPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
 
     kwargs: dict = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     if param_dtype is not None or reduce_dtype is not None:

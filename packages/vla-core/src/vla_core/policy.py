@@ -30,7 +30,15 @@ from torch import Tensor, nn
 from vla_core.config import ComponentConfig
 from vla_core.errors import ConfigError
 from vla_core.features import ACTION, FeatureType, camera_keys, first_of_type
-from vla_core.interfaces import ActionHead, Backbone, BackboneOutput, Batch, ContextNeeds, ContextSpec, HeadOutput
+from vla_core.interfaces import (
+    ActionHead,
+    Backbone,
+    BackboneOutput,
+    Batch,
+    ContextNeeds,
+    ContextSpec,
+    HeadOutput,
+)
 from vla_core.policy_base import BasePolicyConfig, Policy
 from vla_core.registry import BACKBONES, HEADS, POLICIES, PROJECTORS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vla_core import Policy, load_policy
+from vla_core import load_policy
 
 from vla_train.eval import resolve_policy_dir
 

@@ -26,6 +26,7 @@ from vla_core import (
     BackboneOutput,
     ComponentConfig,
     ConfigError,
+    ContextNeeds,
     HeadOutput,
 )
 from vla_core.config import check_choice, check_positive
@@ -80,7 +81,8 @@ class ACTVAEConfig(ComponentConfig):
             raise ConfigError(f"{name}.n_heads: must divide dim_model {self.dim_model}, received {self.n_heads}")
         if self.context_dim is not None and self.context_dim != self.dim_model:
             raise ConfigError(f"{name}.context_dim: ACT attends to context tokens of width dim_model "
-                              f"({self.dim_model}), received {self.context_dim}; give the backbone that width")
+                              f"({self.dim_model}), received {self.context_dim}; leave context_dim unset (the "
+                              "policy projects the backbone's tokens to dim_model)")
         if self.n_obs_steps != 1:
             raise ConfigError(f"{name}.n_obs_steps: ACT takes one observation step, received {self.n_obs_steps}")
         for field in ("state_dim", "env_state_dim"):
@@ -141,6 +143,11 @@ class ACTVAEHead(ActionHead):
 
     def fsdp_units(self) -> set[type[nn.Module]]:
         return {EncoderLayer, DecoderLayer}
+
+    @classmethod
+    def context_needs(cls, config: ACTVAEConfig) -> ContextNeeds:
+        """Context tokens of width ``dim_model`` (the policy projects other widths, positions too)."""
+        return ContextNeeds(width=config.dim_model)
 
     @classmethod
     def tiny_config(cls, workdir: Path) -> dict[str, Any]:

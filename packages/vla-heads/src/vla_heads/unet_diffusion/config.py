@@ -26,6 +26,8 @@ class UNetDiffusionConfig(ComponentConfig):
       flattened: ``G = n_obs_steps * (S + (T / n_obs_steps) * D + E)``.
     - ``context_pooling="mean"``: any number of tokens (e.g. language tokens of varying length) are
       averaged under the attention mask, ``G = n_obs_steps * (S + E) + D``.
+    - ``context_pooling=None`` (the default): ``flatten`` when the backbone gives a fixed number of
+      tokens, ``mean`` when it varies (chosen when the policy is built; see :attr:`pooling`).
     """
 
     action_dim: int
@@ -36,7 +38,7 @@ class UNetDiffusionConfig(ComponentConfig):
     n_obs_steps: int = 1
     image_keys: tuple[str, ...] = ()
     num_context_tokens: int | None = None
-    context_pooling: Literal["flatten", "mean"] = "flatten"
+    context_pooling: Literal["flatten", "mean"] | None = None
     # UNet
     down_dims: tuple[int, ...] = (512, 1024, 2048)
     kernel_size: int = 5
@@ -79,7 +81,7 @@ class UNetDiffusionConfig(ComponentConfig):
             value = getattr(self, field)
             if value is not None:
                 check_positive(name, **{field: value})
-        check_choice(name, "context_pooling", self.context_pooling, ("flatten", "mean"))
+        check_choice(name, "context_pooling", self.context_pooling, ("flatten", "mean", None))
         check_choice(name, "noise_scheduler_type", self.noise_scheduler_type, ("DDPM", "DDIM"))
         check_choice(name, "prediction_type", self.prediction_type, ("epsilon", "sample"))
         check_choice(
@@ -112,12 +114,20 @@ class UNetDiffusionConfig(ComponentConfig):
                 f"received {self.num_inference_steps}"
             )
         tokens = self.tokens_per_sample
-        if self.context_pooling == "flatten" and tokens is not None and tokens % self.n_obs_steps:
+        if self.pooling == "flatten" and tokens is not None and tokens % self.n_obs_steps:
             raise ConfigError(
                 f"{name}.num_context_tokens: flatten pooling splits the tokens over "
                 f"n_obs_steps={self.n_obs_steps} "
                 f"steps, so it must be a multiple of it; received {tokens}"
             )
+
+    @property
+    def pooling(self) -> str:
+        """The pooling in use: ``context_pooling``, or when unset ``flatten`` if the token count is
+        known and ``mean`` otherwise."""
+        if self.context_pooling is not None:
+            return self.context_pooling
+        return "flatten" if self.tokens_per_sample is not None else "mean"
 
     @property
     def tokens_per_sample(self) -> int | None:
@@ -132,7 +142,7 @@ class UNetDiffusionConfig(ComponentConfig):
         low_dim = (self.state_dim or 0) + (self.env_state_dim or 0)
         context = 0
         if self.context_dim is not None:
-            if self.context_pooling == "mean":
+            if self.pooling == "mean":
                 context = self.context_dim
             elif self.tokens_per_sample is not None:
                 context = self.tokens_per_sample * self.context_dim

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from vla_core import HEADS, ActionHead, BackboneOutput, ConfigError, HeadOutput
+from vla_core import HEADS, ActionHead, BackboneOutput, ConfigError, ContextNeeds, ContextSpec, HeadOutput
 from vla_core.features import ACTION, ACTION_IS_PAD, OBS_ENV_STATE, OBS_STATE
 from vla_core.interfaces import Batch
 
@@ -35,7 +36,7 @@ class UNetDiffusionHead(ActionHead):
     chunk (``"sample"``) at a random diffusion step; optionally masked by ``action_is_pad``.
     Inference: the diffusers scheduler's reverse process from ``noise`` (B, H, A) or a fresh draw
     from ``generator``. The FiLM parameters of all steps are computed once per call
-    (:meth:`ConditionalUnet1d.film_table`) and the loop runs under ``torch.inference_mode``.
+    (:meth:`ConditionalUnet1d.film_table`) and the loop runs under ``torch.no_grad``.
     """
 
     config_class = UNetDiffusionConfig
@@ -47,7 +48,7 @@ class UNetDiffusionHead(ActionHead):
         self.horizon, self.action_dim = config.horizon, config.action_dim
         if (
             config.context_dim is not None
-            and config.context_pooling == "flatten"
+            and config.pooling == "flatten"
             and config.tokens_per_sample is None
         ):
             raise ConfigError(
@@ -82,11 +83,37 @@ class UNetDiffusionHead(ActionHead):
         self.num_inference_steps = num_inference_steps or c.num_train_timesteps
 
     @classmethod
+    def context_needs(cls, config: UNetDiffusionConfig) -> ContextNeeds:
+        """Any width (``context_dim`` when set); a fixed token count when flattening the tokens."""
+        return ContextNeeds(width=config.context_dim, fixed_tokens=config.context_pooling == "flatten")
+
+    @classmethod
+    def configure_for(cls, config: UNetDiffusionConfig, context: ContextSpec) -> UNetDiffusionConfig:
+        """``context_dim`` and the pooling from the context: ``flatten`` over a fixed token count
+        (``num_context_tokens`` filled in), ``mean`` over a varying one."""
+        pooling = config.context_pooling or ("flatten" if context.num_tokens is not None else "mean")
+        fields: dict[str, Any] = {"context_pooling": pooling}
+        if config.context_dim is None:
+            fields["context_dim"] = context.width
+        if pooling == "flatten":
+            if context.num_tokens is None:
+                raise ConfigError(
+                    "head.context_pooling: 'flatten' needs a fixed number of context tokens, but the backbone "
+                    "gives a number that varies with the input; set it to 'mean' or leave it unset"
+                )
+            if config.num_context_tokens not in (None, context.num_tokens):
+                raise ConfigError(
+                    f"head.num_context_tokens: the backbone gives {context.num_tokens} tokens but the head spec "
+                    f"says {config.num_context_tokens}; drop the field"
+                )
+            fields["num_context_tokens"] = context.num_tokens
+        return dataclasses.replace(config, **fields)
+
+    @classmethod
     def tiny_config(cls, workdir: Path) -> dict[str, Any]:
         """Config fields of a tiny instance for the contract suite; builds in well under a second.
 
-        ``context_pooling="mean"``: the suite pairs the head with every backbone, some of which emit
-        a varying number of tokens (flatten pooling needs a fixed count).
+        The pooling is left to the pair: flatten behind a fixed token count, mean behind a varying one.
         """
         return {
             "horizon": 8,
@@ -94,7 +121,6 @@ class UNetDiffusionHead(ActionHead):
             "kernel_size": 3,
             "n_groups": 2,
             "diffusion_step_embed_dim": 8,
-            "context_pooling": "mean",
             "num_train_timesteps": 20,
             "num_inference_steps": 4,
         }
@@ -129,7 +155,7 @@ class UNetDiffusionHead(ActionHead):
         steps: list[Tensor] = [] if state is None else [state]
         pooled = None
         if c.context_dim is not None:
-            if c.context_pooling == "flatten":
+            if c.pooling == "flatten":
                 tokens = c.tokens_per_sample
                 if feats.shape[1] != tokens:
                     raise ValueError(
@@ -187,7 +213,7 @@ class UNetDiffusionHead(ActionHead):
         reproducible DDPM chunk needs both ``noise`` and a seeded ``generator``. ``noise=None`` draws
         the initial noise from ``generator`` (or the global RNG) too.
         """
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: FSDP reuses its all-gather buffers outside it
             global_cond = self.global_conditioning(context, batch)
             bsz = global_cond.shape[0]
             dtype, device = global_cond.dtype, global_cond.device
