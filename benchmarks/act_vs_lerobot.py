@@ -28,13 +28,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from timing import interleaved, paired_ratio
 from vla_core import VLAPolicy
-from vla_train.convert.lerobot_act import convert
 from vla_train.config import OptimConfig
+from vla_train.convert.lerobot_act import convert
 from vla_train.host_memory import retain_freed_memory
 from vla_train.optim import build_optimizer
-
-from timing import interleaved, paired_ratio
 
 STATE, ACTION, CAMERA = "observation.state", "action", "observation.images.top"
 PEER = "lerobot-0.6.1"

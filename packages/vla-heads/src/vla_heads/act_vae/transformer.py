@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
