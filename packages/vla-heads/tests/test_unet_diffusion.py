@@ -344,7 +344,7 @@ def test_tiny_config_builds_a_small_working_head(tmp_path):
     assert "type" not in fields and "action_dim" not in fields and "context_dim" not in fields
     head = build_head({"type": "unet_diffusion", "action_dim": 3, "context_dim": 6, "state_dim": 4, **fields})
     assert sum(p.numel() for p in head.parameters()) < 50_000
-    assert head.config.context_pooling == "mean" and head.num_inference_steps == 4
+    assert head.config.pooling == "mean" and head.num_inference_steps == 4  # no image_keys: a varying count
     torch.manual_seed(0)
     context, batch = inputs(head)  # three tokens: mean pooling takes any count
     head.use_scheduler("DDIM", 4)
