@@ -9,6 +9,7 @@ local tiny tokenizer from their tiny config: nothing is downloaded.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from train_helpers import run_probe, run_vla, write_config
@@ -71,3 +72,23 @@ def test_act_two_rank_losses_equal_one_process(tmp_path):
     assert len(set(single["losses"])) == 4  # the weights change
     for r in ranks:
         assert max(abs(a - b) for a, b in zip(r["losses"], single["losses"])) <= 1e-5, (r["losses"], single["losses"])
+
+
+QUICKSTART = Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml"
+SHORT = ["--set", "steps=4", "--set", "eval.episodes=2", "--set", "checkpoint.every=2",
+         "--set", "data.num_episodes=8", "--set", "log.progress=false"]
+
+
+@pytest.mark.parametrize("launch", ["torchrun-2", "fsdp-1"])
+def test_readme_quickstart_commands_train_under_fsdp(launch, tmp_path):
+    """The README's `torchrun --nproc-per-node 2 -m vla_train train configs/quickstart.yaml` and
+    `vla train configs/quickstart.yaml --set parallel.fsdp=true` (shortened) train, checkpoint, export
+    and evaluate."""
+    extra = ["--set", "parallel.fsdp=true"] if launch == "fsdp-1" else []
+    proc = run_vla(["train", str(QUICKSTART), "--set", f"output_dir={tmp_path / 'run'}", *SHORT, *extra],
+                   nproc=2 if launch == "torchrun-2" else 0)
+    out = proc.stdout.read()
+    assert proc.wait(timeout=600) == 0, out[-4000:]
+    assert "fsdp on" in out and "success_rate: " in out
+    assert (tmp_path / "run" / "pretrained" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_00000004"
