@@ -7,11 +7,16 @@ init, renamed by our converter's key table) and the same inputs::
     OMP_NUM_THREADS=2 .venvs/lerobot-0.6.1/bin/python benchmarks/diffusion_vs_lerobot.py [--repeats N]
 
 Cases: DDIM 10-step sampling at batch 1, DDPM 100-step sampling at batch 1 (sampled chunks
-compared: max |ours - LeRobot|), then a training step at batch 8 (forward + backward + Adam step,
-and forward + backward alone). Each prints the median seconds of both, the ratio
-ours / LeRobot and the achieved FLOP/s as a fraction of this machine's fp32 matmul peak (measured
-first with a large ``torch.mm``). The FLOPs of a case are LeRobot's model FLOPs (the useful work,
-counted once by ``torch.utils.flop_counter``) for both, so the fractions compare like with like.
+compared: max |ours - LeRobot|), then a training step at batch 8 (forward + backward + optimizer
+step, and forward + backward alone). ``--cases`` picks a subset. The two sides run alternately
+(ours, LeRobot, LeRobot, ours, ...) so that load from other processes hits both alike. Each case
+prints the median wall seconds of both, the median of the per-round ratios ours / LeRobot
+(``ratio``), the ratio of the best rounds (``best``: the least disturbed by other load), the ratio of
+the median process CPU times (``cpu``: time the process ran, not time it waited for a core; with
+several threads it includes their spin-waits), and the achieved FLOP/s as a fraction of this
+machine's fp32 matmul peak (measured first with a large ``torch.mm``). The FLOPs of a case are
+LeRobot's model FLOPs (the useful work, counted once by ``torch.utils.flop_counter``) for both, so
+the fractions compare like with like.
 """
 
 from __future__ import annotations
@@ -26,6 +31,34 @@ import warnings
 import torch
 
 THREADS = 2
+
+
+CASES = ("ddim", "ddpm", "train")
+
+
+def paired_times(ours, theirs, repeats: int, warmup: int = 1) -> tuple[float, float, float, float, float]:
+    """``ours`` and ``theirs`` run alternately (ABBA order). Returns the median wall seconds of each,
+    the median of the rounds' wall-time ratios, the ratio of the best rounds, and the ratio of the
+    median process CPU times (less sensitive to other processes' load than wall time)."""
+    for _ in range(warmup):
+        ours()
+        theirs()
+    wall: tuple[list, list] = ([], [])
+    cpu: tuple[list, list] = ([], [])
+    for r in range(repeats):
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            (ours, theirs)[i]()
+            wall[i].append(time.perf_counter() - start)
+            cpu[i].append(time.process_time() - start_cpu)
+    (w_ours, w_theirs), (c_ours, c_theirs) = wall, cpu
+    return (
+        statistics.median(w_ours),
+        statistics.median(w_theirs),
+        statistics.median(a / b for a, b in zip(w_ours, w_theirs)),
+        min(w_ours) / min(w_theirs),
+        statistics.median(c_ours) / statistics.median(c_theirs),
+    )
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
@@ -146,12 +179,10 @@ def set_sampler(theirs, ours, kind: str, steps: int) -> None:
 
 
 def main() -> None:
-    from vla_train.config import OptimConfig
-    from vla_train.optim import build_optimizer
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
@@ -176,7 +207,8 @@ def main() -> None:
         model.eval()
     obs = batch(1, g, with_action=False)
     noise = torch.randn(1, 16, 2, generator=g)
-    for kind, steps in (("DDIM", 10), ("DDPM", 100)):
+    samplers = [(k.upper(), n) for k, n in (("ddim", 10), ("ddpm", 100)) if k in args.cases]
+    for kind, steps in samplers:
 
         def sample_theirs():
             theirs.reset()
@@ -199,14 +231,30 @@ def main() -> None:
         rows.append(
             (
                 f"{kind} {steps}-step sampling (B=1)",
-                median_time(sample_ours, args.repeats),
-                median_time(sample_theirs, args.repeats),
+                *paired_times(sample_ours, sample_theirs, args.repeats),
                 flops,
                 (a - b).abs().max().item(),
             )
         )
+    if "train" in args.cases:
+        rows += train_rows(theirs, ours, g, args.repeats)
+    print(
+        f"{'case':34s} {'ours_s':>9s} {'lerobot_s':>9s} {'ratio':>6s} {'best':>6s} {'cpu':>6s} {'GFLOP':>7s} "
+        f"{'ours_peak%':>10s} {'lerobot_peak%':>13s}  max|diff|"
+    )
+    for name, ours_s, theirs_s, ratio, best, cpu, flops, diff in rows:
+        print(
+            f"{name:34s} {ours_s:9.4f} {theirs_s:9.4f} {ratio:6.3f} {best:6.3f} {cpu:6.3f} {flops / 1e9:7.2f} "
+            f"{100 * flops / ours_s / peak:9.1f}% {100 * flops / theirs_s / peak:12.1f}%  "
+            f"{'-' if diff is None else f'{diff:.2e}'}"
+        )
 
-    # ---- training step, batch 8
+
+def train_rows(theirs, ours, g: torch.Generator, repeats: int) -> list[tuple]:
+    """Training step at batch 8: with each library's optimizer, and forward + backward alone."""
+    from vla_train.config import OptimConfig
+    from vla_train.optim import build_optimizer
+
     train_batch = batch(8, g, with_action=True)
     for model in (theirs, ours):
         model.train()
@@ -228,15 +276,9 @@ def main() -> None:
 
     flops = count_flops(lambda: theirs.forward(dict(train_batch))[0].backward())
     opt_theirs.zero_grad(set_to_none=True)
-    rows.append(
-        (
-            "train step (B=8, fwd+bwd+optimizer)",
-            median_time(step_ours, args.repeats),
-            median_time(step_theirs, args.repeats),
-            flops,
-            None,
-        )
-    )
+    rows = [
+        ("train step (B=8, fwd+bwd+optimizer)", *paired_times(step_ours, step_theirs, repeats), flops, None)
+    ]
 
     def grads_theirs():
         theirs.forward(dict(train_batch))[0].backward()
@@ -247,25 +289,9 @@ def main() -> None:
         ours.zero_grad(set_to_none=True)
 
     rows.append(
-        (
-            "train fwd+bwd (B=8, no optimizer)",
-            median_time(grads_ours, args.repeats),
-            median_time(grads_theirs, args.repeats),
-            flops,
-            None,
-        )
+        ("train fwd+bwd (B=8, no optimizer)", *paired_times(grads_ours, grads_theirs, repeats), flops, None)
     )
-
-    print(
-        f"{'case':34s} {'ours_s':>9s} {'lerobot_s':>9s} {'ratio':>6s} {'GFLOP':>7s} "
-        f"{'ours_peak%':>10s} {'lerobot_peak%':>13s}  max|diff|"
-    )
-    for name, ours_s, theirs_s, flops, diff in rows:
-        print(
-            f"{name:34s} {ours_s:9.4f} {theirs_s:9.4f} {ours_s / theirs_s:6.3f} {flops / 1e9:7.2f} "
-            f"{100 * flops / ours_s / peak:9.1f}% {100 * flops / theirs_s / peak:12.1f}%  "
-            f"{'-' if diff is None else f'{diff:.2e}'}"
-        )
+    return rows
 
 
 if __name__ == "__main__":
