@@ -95,6 +95,54 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded.predict_action_chunk(batch), policy.predict_action_chunk(batch), rtol=0, atol=0)
 
 
+def test_cameras_of_different_resolutions(tmp_path):
+    """A wide top camera and a small wrist camera: the policy passes ``image_shapes`` to the backbone,
+    the head is sized for the summed token count, training and inference run, the saved config (and one
+    written before ``image_shapes`` existed, with ``image_shape`` only) reloads to the same actions."""
+    import json
+
+    wrist = "observation.images.wrist"
+    features = {**tiny_config()["input_features"], wrist: {"type": "VISUAL", "shape": [3, 48, 64]}}
+    features[CAM] = {"type": "VISUAL", "shape": [3, 64, 96]}
+    torch.manual_seed(0)
+    policy = VLAPolicy(tiny_config(input_features=features))
+    policy.normalizer.set_stats({
+        "observation.state": {"mean": torch.zeros(4), "std": torch.ones(4)},
+        "action": {"mean": torch.zeros(3), "std": torch.ones(3)},
+        CAM: {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25)},
+        wrist: {"mean": torch.full((3, 1, 1), 0.4), "std": torch.full((3, 1, 1), 0.2)},
+    })
+    backbone = policy.config.backbone
+    assert backbone["image_keys"] == [CAM, wrist]
+    assert backbone["image_shapes"] == [[3, 64, 96], [3, 48, 64]] and backbone["image_shape"] == [3, 64, 96]
+    assert policy.context.num_tokens == 2 * 3 + 2 * 2
+    g = torch.Generator().manual_seed(1)
+    batch = {**tiny_batch(2), CAM: torch.rand(2, 3, 64, 96, generator=g), wrist: torch.rand(2, 3, 48, 64, generator=g)}
+    loss = policy.train()(batch).loss
+    loss.backward()
+    assert torch.isfinite(loss) and policy.backbone.proj.weight.grad.abs().sum() > 0
+    policy.eval()
+    obs = {k: v for k, v in batch.items() if not k.startswith("action")}
+    chunk = policy.predict_action_chunk(obs)
+    assert chunk.shape == (2, 6, 3) and torch.isfinite(chunk).all()
+    # the wrist camera matters: another wrist image, other actions
+    other = policy.predict_action_chunk({**obs, wrist: torch.rand(2, 3, 48, 64, generator=g)})
+    assert (other - chunk).abs().max() > 1e-4
+    saved = policy.save_pretrained(tmp_path / "mixed")
+    torch.testing.assert_close(VLAPolicy.from_pretrained(saved).predict_action_chunk(obs), chunk, rtol=0, atol=0)
+    # a config saved before image_shapes existed (single-shape cameras, image_shape only) still loads
+    torch.manual_seed(0)
+    old = with_stats(VLAPolicy(tiny_config()))
+    old_dir = old.save_pretrained(tmp_path / "old")
+    cfg = json.loads((old_dir / "config.json").read_text())
+    del cfg["backbone"]["image_shapes"]
+    (old_dir / "config.json").write_text(json.dumps(cfg))
+    reloaded = VLAPolicy.from_pretrained(old_dir)
+    assert reloaded.config.backbone["image_shapes"] == [[3, 32, 32]]
+    obs1 = {k: v for k, v in tiny_batch(2).items() if not k.startswith("action")}
+    torch.testing.assert_close(reloaded.predict_action_chunk(obs1), old.eval().predict_action_chunk(obs1))
+
+
 class _Scripted:
     """Stands in for predict_action_chunk: returns the chunks given, one per call."""
 

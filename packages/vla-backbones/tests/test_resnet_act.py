@@ -1,4 +1,5 @@
-"""resnet_act: token and position shapes, cameras, torchvision's forward, FSDP units, pretrained weights, errors."""
+"""resnet_act: token and position shapes, cameras (mixed resolutions too), torchvision's forward, FSDP units,
+pretrained weights, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
-from vla_backbones.resnet_act import ResNetACTBackbone, ResNetACTConfig, sine_pos_embed_2d
+from vla_backbones.resnet_act import ResNetACTBackbone, ResNetACTConfig, feature_map_size, sine_pos_embed_2d
 from vla_core import BACKBONES, CheckpointError, ConfigError, PolicyFeature
 from vla_core.testing import check_backbone, random_batch
 
@@ -173,3 +174,87 @@ def test_token_count_follows_feature_map(h, w, n_cams, dim):
     fh, fw = -(-h // 32), -(-w // 32)
     assert out.features.shape == (1, n_cams * fh * fw, dim)
     assert out.pos_embed.shape == (1, n_cams * fh * fw, dim)
+
+
+# ----------------------------------------------------------------------------- cameras of different sizes
+MIXED = ((3, 64, 96), (3, 48, 64), (3, 64, 96))  # top and right share a shape, left is smaller
+
+
+def mixed_images(shapes, bsz=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.rand(bsz, *s, generator=g) for k, s in zip(CAMS, shapes)}
+
+
+def test_mixed_resolutions_each_camera_gets_its_own_map_and_positions():
+    """Per camera: the tokens of that camera run alone and the sine positions of its own map size, in
+    camera order (as LeRobot's ACT loops over its cameras)."""
+    b = backbone(3, image_shapes=[list(s) for s in MIXED]).eval()
+    randomize_bn(b.resnet)
+    imgs = mixed_images(MIXED)
+    out = check_backbone(b, imgs)
+    with torch.no_grad():
+        sizes = [(2, 3), (2, 2), (2, 3)]  # 64x96 -> 2x3, 48x64 -> 2x2
+        assert out.features.shape == (2, 6 + 4 + 6, 32) and out.pos_embed.shape == (1, 16, 32)
+        start = 0
+        for key, (h, w) in zip(CAMS, sizes):
+            alone = b.feature_map(imgs[key])
+            assert alone.shape[2:] == (h, w)
+            n = h * w
+            torch.testing.assert_close(out.features[:, start : start + n], alone.flatten(2).transpose(1, 2))
+            torch.testing.assert_close(out.pos_embed[0, start : start + n], sine_pos_embed_2d(h, w, 32))
+            start += n
+    assert b.context_spec().num_tokens == 16
+
+
+def test_cameras_of_one_shape_share_a_resnet_pass():
+    """Grouped by shape: each block runs once per distinct camera shape (not once per camera)."""
+    b = backbone(3, image_shapes=[list(s) for s in MIXED])
+    calls = []
+    b.resnet.layer1[0].register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    b(mixed_images(MIXED, bsz=2))
+    assert calls == [4, 2]  # top + right as one batch of 2 x 2, then left
+    calls.clear()
+    b(mixed_images(((3, 64, 96),) * 3, bsz=2))
+    assert calls == [6]
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    shapes=st.lists(st.tuples(st.just(3), st.integers(20, 90), st.integers(20, 90)), min_size=1, max_size=3),
+    dilation=st.booleans(),
+)
+def test_context_spec_counts_the_tokens_of_every_camera(shapes, dilation):
+    """num_tokens = sum over cameras of the layer4 map cells, exact for odd sizes and with dilation;
+    check_backbone compares it with the forward's token count."""
+    variant = "resnet50" if dilation else "resnet18"
+    b = backbone(len(shapes), variant=variant, image_shapes=[list(s) for s in shapes],
+                 replace_final_stride_with_dilation=dilation)
+    with torch.no_grad():
+        out = b(mixed_images(shapes, bsz=1))
+    expected = 0
+    for _, h, w in shapes:
+        fh, fw = feature_map_size(h, w, dilation)
+        k = 16 if dilation else 32
+        assert (fh, fw) == (-(-h // k), -(-w // k))
+        expected += fh * fw
+    assert out.features.shape[1] == b.context_spec().num_tokens == expected
+    check_backbone(b, mixed_images(shapes, bsz=1))
+
+
+def test_image_shape_and_image_shapes():
+    keys = list(CAMS[:2])
+    old = ResNetACTConfig(image_keys=keys, image_shape=(3, 64, 96))  # a config from before image_shapes
+    assert old.camera_shapes() == ((3, 64, 96), (3, 64, 96))
+    assert ResNetACTBackbone(old).context_spec().num_tokens == 12
+    new = ResNetACTConfig.from_dict({"image_keys": keys, "image_shape": [3, 64, 96],
+                                     "image_shapes": [[3, 64, 96], [3, 48, 64]]})
+    assert new.camera_shapes() == ((3, 64, 96), (3, 48, 64))
+    assert ResNetACTConfig.from_json(new.to_json()) == new
+    assert ResNetACTConfig(image_keys=keys).camera_shapes() is None
+    assert ResNetACTBackbone(ResNetACTConfig(image_keys=keys)).context_spec().num_tokens is None
+    with pytest.raises(ConfigError, match=r"image_shapes: expected one \(C, H, W\) per camera"):
+        ResNetACTConfig(image_keys=keys, image_shapes=((3, 64, 96),))
+    with pytest.raises(ConfigError, match="image_shapes: a ResNet takes 3-channel images"):
+        ResNetACTConfig(image_keys=keys, image_shapes=((3, 64, 96), (1, 64, 96)))
+    with pytest.raises(ConfigError, match="image_shape: is the first camera's shape"):
+        ResNetACTConfig(image_keys=keys, image_shape=(3, 48, 64), image_shapes=((3, 64, 96), (3, 48, 64)))

@@ -5,14 +5,15 @@ from hypothesis import strategies as st
 
 from vla_core import ConfigError, FeatureType, Normalizer, PolicyFeature
 
-MODES = ["mean_std", "min_max", "quantile", "identity"]
+MODES = ["mean_std", "min_max", "quantile", "quantile10", "identity"]
 
 
 def stats_for(shape, g, zero_spread=False):
     center = torch.randn(shape, generator=g) * 3
     spread = torch.zeros(shape) if zero_spread else torch.rand(shape, generator=g) * 2 + 0.1
     return {"mean": center, "std": spread, "min": center - spread, "max": center + spread,
-            "q01": center - 0.9 * spread, "q99": center + 0.9 * spread}
+            "q01": center - 0.9 * spread, "q99": center + 0.9 * spread,
+            "q10": center - 0.5 * spread, "q90": center + 0.5 * spread}
 
 
 @settings(max_examples=60, deadline=None)
@@ -39,11 +40,13 @@ def test_formulas_match_the_documented_ones():
     feature = PolicyFeature(FeatureType.STATE, (2,))
     x = torch.tensor([[1.0, 4.0]])
     s = {"mean": torch.tensor([0.0, 2.0]), "std": torch.tensor([2.0, 4.0]), "min": torch.tensor([0.0, 0.0]),
-         "max": torch.tensor([2.0, 8.0]), "q01": torch.tensor([0.5, 1.0]), "q99": torch.tensor([1.5, 5.0])}
+         "max": torch.tensor([2.0, 8.0]), "q01": torch.tensor([0.5, 1.0]), "q99": torch.tensor([1.5, 5.0]),
+         "q10": torch.tensor([0.0, 3.0]), "q90": torch.tensor([4.0, 7.0])}
     expected = {
         "mean_std": (x - s["mean"]) / (s["std"] + 1e-8),
         "min_max": torch.tensor([[0.0, 0.0]]),
         "quantile": torch.tensor([[0.0, 0.5]]),
+        "quantile10": torch.tensor([[-0.5, -0.5]]),
     }
     for mode, want in expected.items():
         norm = Normalizer({"s": feature}, {"s": mode})

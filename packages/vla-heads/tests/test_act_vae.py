@@ -71,6 +71,20 @@ def test_kl_is_zero_without_vae_and_positive_with_it():
     torch.testing.assert_close(out.loss, out.metrics["l1"] + 3.0 * out.metrics["kl"])
 
 
+def test_eval_mode_loss_uses_the_zero_latent_and_no_kl():
+    """As LeRobot's ACT.forward: the VAE encoder runs only in training; a validation loss (eval mode)
+    is the L1 of what the policy predicts, without the KL term."""
+    h = head(kl_weight=3.0).eval()
+    ctx, batch = inputs(h)
+    with torch.no_grad():
+        out = h(ctx, batch)
+        pred = h.predict_action(ctx, batch)
+    assert out.metrics["kl"].item() == 0.0
+    torch.testing.assert_close(out.loss, (pred - batch["action"]).abs().mean())
+    h.train()
+    assert h(ctx, batch).metrics["kl"].item() > 0
+
+
 @pytest.mark.parametrize("use_vae", [True, False])
 def test_padded_steps_do_not_change_the_loss(use_vae):
     h = head(use_vae=use_vae, dropout=0.0)

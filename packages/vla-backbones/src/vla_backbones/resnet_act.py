@@ -5,6 +5,10 @@ and flattened row-major into tokens; the cameras' tokens are concatenated in ``i
 The matching 2D sinusoidal position embeddings (DETR's ``PositionEmbeddingSine(normalize=True)``,
 as in ACT and LeRobot) come back in ``BackboneOutput.pos_embed`` for the head to add.
 
+Cameras may differ in resolution (a wide top camera and a small wrist camera), as in LeRobot's ACT:
+each camera gets the positions of its own feature-map size. Cameras of one shape run through the
+ResNet as one batch; the tokens and positions keep the camera order either way.
+
 The state and environment-state tokens of ACT are projected by the head (``act_vae``), which
 reads them from the batch: this backbone only sees images.
 """
@@ -49,7 +53,12 @@ RESNETS = (
 
 @dataclass(frozen=True, kw_only=True)
 class ResNetACTConfig(ComponentConfig):
-    """image_keys / image_shape are filled by the policy from its VISUAL features.
+    """image_keys / image_shapes / image_shape are filled by the policy from its VISUAL features.
+
+    image_shapes: one (C, H, W) per camera, in ``image_keys`` order (cameras may differ in size).
+    image_shape: the first camera's (C, H, W); a config that gives only ``image_shape`` (written before
+    ``image_shapes`` existed, when all cameras had one shape) means that shape for every camera.
+    Neither set: the token count is known only at the forward (``context_spec().num_tokens`` is None).
 
     pretrained_weights: a local torchvision ResNet state-dict file (``.safetensors``, or the
     ``.pth`` torchvision distributes, read with ``torch.load(weights_only=True)``); ``fc.*`` is
@@ -58,6 +67,7 @@ class ResNetACTConfig(ComponentConfig):
 
     image_keys: tuple[str, ...] = ()
     image_shape: tuple[int, int, int] | None = None
+    image_shapes: tuple[tuple[int, int, int], ...] | None = None
     variant: str = "resnet18"
     dim_model: int = 512
     frozen_bn: bool = True
@@ -75,6 +85,36 @@ class ResNetACTConfig(ComponentConfig):
                               "has no dilation; use a bottleneck variant such as resnet50")
         if self.image_shape is not None and self.image_shape[0] != 3:
             raise ConfigError(f"{name}.image_shape: a ResNet takes 3-channel images, received {self.image_shape!r}")
+        if self.image_shapes is not None:
+            if len(self.image_shapes) != len(self.image_keys):
+                raise ConfigError(f"{name}.image_shapes: expected one (C, H, W) per camera of image_keys "
+                                  f"{list(self.image_keys)}, received {len(self.image_shapes)}: {self.image_shapes!r}")
+            bad = [s for s in self.image_shapes if s[0] != 3 or min(s) < 1]
+            if bad:
+                raise ConfigError(f"{name}.image_shapes: a ResNet takes 3-channel images, received {bad[0]!r}")
+            if self.image_shape is not None and tuple(self.image_shape) != tuple(self.image_shapes[0]):
+                raise ConfigError(f"{name}.image_shape: is the first camera's shape {self.image_shapes[0]!r} "
+                                  f"(image_shapes[0]), received {self.image_shape!r}; drop image_shape")
+
+    def camera_shapes(self) -> tuple[tuple[int, int, int], ...] | None:
+        """(C, H, W) per camera in ``image_keys`` order, or None when not known before the forward."""
+        if self.image_shapes is not None:
+            return tuple(tuple(s) for s in self.image_shapes)
+        if self.image_shape is not None:
+            return (tuple(self.image_shape),) * len(self.image_keys)
+        return None
+
+
+def feature_map_size(height: int, width: int, dilation: bool = False) -> tuple[int, int]:
+    """(h, w) of a torchvision ResNet's layer4 map for an (height x width) image.
+
+    The stem convolution, the max-pool and the first block of layer2..layer4 each halve a side,
+    rounding up (kernel 3 / 7 with padding 1 / 3, or 1x1 stride-2 shortcuts): 5 halvings, 4 with
+    ``replace_final_stride_with_dilation`` (layer4 keeps stride 1).
+    """
+    for _ in range(4 if dilation else 5):
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return height, width
 
 
 def sine_pos_embed_2d(height: int, width: int, dim: int, *, device=None) -> Tensor:
@@ -157,15 +197,14 @@ class ResNetACTBackbone(Backbone):
         return {type(self.resnet.layer1[0])}  # BasicBlock or Bottleneck, each called as a module
 
     def context_spec(self) -> ContextSpec:
-        """Width ``dim_model``, one token per feature-map cell of every camera, sine positions."""
+        """Width ``dim_model``, one token per feature-map cell of every camera (summed over the
+        cameras' own map sizes), sine positions."""
         c = self.config
-        halvings = 4 if c.replace_final_stride_with_dilation else 5  # stride-2 stages, each ceil(n / 2)
+        shapes = c.camera_shapes()
         tokens = None
-        if c.image_shape is not None:
-            h, w = c.image_shape[1:]
-            for _ in range(halvings):
-                h, w = (h + 1) // 2, (w + 1) // 2
-            tokens = len(c.image_keys) * h * w
+        if shapes is not None:
+            sizes = [feature_map_size(h, w, c.replace_final_stride_with_dilation) for _, h, w in shapes]
+            tokens = sum(h * w for h, w in sizes)
         return ContextSpec(width=c.dim_model, num_tokens=tokens, pos_embed=True)
 
     def feature_map(self, images: Tensor) -> Tensor:
@@ -186,9 +225,17 @@ class ResNetACTBackbone(Backbone):
 
     def positions(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """(h * w, dim_model) sine positions, cached per map size."""
-        key = (height, width, device, dtype)
+        return self.positions_for(((height, width),), device, dtype)
+
+    def positions_for(self, sizes: tuple[tuple[int, int], ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+        """(sum h_i * w_i, dim_model): each camera's sine positions for its own map size (h_i, w_i),
+        concatenated in camera order; cached per tuple of sizes."""
+        key = (sizes, device, dtype)
         if key not in self._pos_cache:
-            self._pos_cache[key] = sine_pos_embed_2d(height, width, self.config.dim_model, device=device).to(dtype)
+            d = self.config.dim_model
+            self._pos_cache[key] = torch.cat(
+                [sine_pos_embed_2d(h, w, d, device=device) for h, w in sizes], dim=0
+            ).to(dtype)
         return self._pos_cache[key]
 
     def _images(self, batch: Batch) -> list[Tensor]:
@@ -202,20 +249,31 @@ class ResNetACTBackbone(Backbone):
                 img = img[:, 0]
             if img.dim() != 4 or img.shape[1] != 3:
                 raise ValueError(f"batch key {key!r}: expected an image of shape (B, 3, H, W), received {tuple(img.shape)}")
-            if images and img.shape != images[0].shape:
-                raise ValueError(f"batch key {key!r}: all cameras need one shape, received {tuple(img.shape)} "
-                                 f"and {tuple(images[0].shape)}")
+            if images and img.shape[0] != images[0].shape[0]:
+                raise ValueError(f"batch key {key!r}: batch size {img.shape[0]} differs from the first camera's "
+                                 f"{images[0].shape[0]}")
             images.append(img)
         return images
 
     def forward(self, batch: Batch) -> BackboneOutput:
+        """Each camera (B, 3, H_i, W_i) -> its map (B, D, h_i, w_i) -> tokens (B, sum_i h_i w_i, D) in
+        camera order, with positions (1, sum_i h_i w_i, D) of each camera's own map size."""
         images = self._images(batch)
-        n_cams, bsz = len(images), images[0].shape[0]
-        # The cameras share the ResNet: run them as one batch (n_cams * B, 3, H, W).
-        stacked = images[0] if n_cams == 1 else torch.cat(images, dim=0)
-        maps = self.feature_map(stacked)  # (n_cams * B, D, h, w)
-        _, dim, h, w = maps.shape
-        tokens = maps.reshape(n_cams, bsz, dim, h * w).permute(1, 0, 3, 2).reshape(bsz, n_cams * h * w, dim)
-        pos = self.positions(h, w, maps.device, maps.dtype).repeat(n_cams, 1)[None]
+        bsz = images[0].shape[0]
+        # Cameras of one shape share one ResNet pass as a batch (n * B, 3, H, W); the order of the
+        # tokens stays the cameras' order whatever the grouping.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(tuple(img.shape[2:]), []).append(i)
+        per_camera: list[Tensor] = [images[0]] * len(images)  # (B, h_i * w_i, D) tokens, filled below
+        sizes: list[tuple[int, int]] = [(0, 0)] * len(images)  # (h_i, w_i) map sizes
+        for cams in groups.values():
+            stacked = images[cams[0]] if len(cams) == 1 else torch.cat([images[i] for i in cams], dim=0)
+            maps = self.feature_map(stacked)  # (n * B, D, h, w)
+            tokens = maps.flatten(2).transpose(1, 2)  # (n * B, h * w, D), row-major cells
+            for i, t in zip(cams, tokens.split(bsz, dim=0)):
+                per_camera[i], sizes[i] = t, (maps.shape[2], maps.shape[3])
+        tokens = per_camera[0] if len(images) == 1 else torch.cat(per_camera, dim=1)
+        pos = self.positions_for(tuple(sizes), tokens.device, tokens.dtype)[None]
         mask = torch.ones(bsz, tokens.shape[1], dtype=torch.bool, device=tokens.device)
         return BackboneOutput(features=tokens, attention_mask=mask, pos_embed=pos)

@@ -5,6 +5,7 @@ Modes (LeRobot's formulas, ``eps = 1e-8``):
 - ``mean_std``: ``y = (x - mean) / (std + eps)``
 - ``min_max``: ``y = 2 (x - min) / (max - min) - 1``, into [-1, 1]
 - ``quantile``: as ``min_max`` with ``q01`` / ``q99`` in place of ``min`` / ``max``
+- ``quantile10``: as ``min_max`` with ``q10`` / ``q90`` (LeRobot's ``QUANTILE10``)
 - ``identity``: ``y = x``
 
 A zero-variance (or zero-range) feature is divided by 1 instead of ~0, so constant inputs stay
@@ -22,8 +23,14 @@ from torch import Tensor, nn
 from vla_core.errors import ConfigError
 from vla_core.features import FeatureType, PolicyFeature
 
-MODES = ("mean_std", "min_max", "quantile", "identity")
-STATS_OF_MODE = {"mean_std": ("mean", "std"), "min_max": ("min", "max"), "quantile": ("q01", "q99"), "identity": ()}
+MODES = ("mean_std", "min_max", "quantile", "quantile10", "identity")
+STATS_OF_MODE = {
+    "mean_std": ("mean", "std"),
+    "min_max": ("min", "max"),
+    "quantile": ("q01", "q99"),
+    "quantile10": ("q10", "q90"),
+    "identity": (),
+}
 DEFAULT_MODES = {
     FeatureType.STATE: "mean_std",
     FeatureType.ENV: "mean_std",
@@ -155,7 +162,7 @@ class Normalizer(nn.Module):
         if mode == "mean_std":
             std = s["std"]
             return mode, torch.where(std == 0, torch.ones_like(std), std + self.eps), s["mean"]
-        low, high = (s["min"], s["max"]) if mode == "min_max" else (s["q01"], s["q99"])
+        low, high = (s[name] for name in STATS_OF_MODE[mode])
         span = high - low
         return mode, torch.where(span == 0, torch.ones_like(span), span), low
 

@@ -1,8 +1,8 @@
 """The ACT head: a conditional VAE whose decoder is a DETR-style transformer.
 
 Training: a BERT-style VAE encoder over [CLS, state, action chunk] gives the latent's mean and
-log-variance; a reparameterised sample z becomes the first encoder token. Inference (or
-``use_vae=False``): z = 0. The transformer encoder fuses [latent, state, env state, context
+log-variance; a reparameterised sample z becomes the first encoder token. Inference, eval-mode loss
+(or ``use_vae=False``): z = 0. The transformer encoder fuses [latent, state, env state, context
 tokens] (context = the backbone's image tokens with their ``pos_embed``); ``horizon`` learned
 queries cross-attend to it and a linear layer gives the (B, H, A) chunk.
 Loss: L1 over the non-padded steps + ``kl_weight`` x KL(q(z | s, a) || N(0, I)).
@@ -221,11 +221,15 @@ class ACTVAEHead(ActionHead):
 
     # ------------------------------------------------------------------ API
     def forward(self, context: BackboneOutput, batch: Batch) -> HeadOutput:
-        """Training loss: L1 over non-padded steps + kl_weight * KL; metrics ``l1`` and ``kl``."""
+        """Training loss: L1 over non-padded steps + kl_weight * KL; metrics ``l1`` and ``kl``.
+
+        In eval mode (a validation loss) the latent is zero, as at inference, and the KL term is 0,
+        as in LeRobot's ``ACT.forward`` (the original ACT ran the VAE encoder whenever actions were given).
+        """
         c = self.config
         action, is_pad = self._target(batch)
         bsz = action.shape[0]
-        if c.use_vae:
+        if c.use_vae and self.training:
             state = _vector(batch, OBS_STATE, c.state_dim) if c.state_dim else None
             mu, log_var = self.encode_latent(state, action, is_pad)
             latent = mu + (0.5 * log_var).exp() * torch.randn_like(mu)

@@ -1,18 +1,64 @@
 """LeRobot 0.6.x ACT policy directory -> vla policy (``resnet_act`` backbone + ``act_vae`` head).
 
-Reads ``config.json`` (features, normalization modes, chunk size, head count, dropout ...),
-``model.safetensors`` (weights; widths, depths, the latent size and the ResNet variant are read
-from tensor shapes) and the normalizer step of ``policy_preprocessor.json`` with its
-``*.safetensors`` stats file. Weights are renamed by :data:`NAME_MAPPING` alone.
+Reads ``config.json``, ``model.safetensors`` and the processor files (``policy_preprocessor.json`` /
+``policy_postprocessor.json`` and the normalizer stats they name). Nothing is guessed:
+
+- every ``config.json`` field is either read (:data:`ARCHITECTURE_FIELDS`, features, normalization),
+  known to leave a saved policy's outputs unchanged (:data:`IGNORED_FIELDS`: hub, device and optimizer
+  settings, ``pretrained_backbone_weights``, whose weights the checkpoint replaces) or refused by name;
+  a field the file lacks takes LeRobot 0.6.1's ``ACTConfig`` default (:data:`DEFAULTS`), as LeRobot
+  itself does when it loads the directory;
+- every architecture field is checked against the tensors it shapes (a mismatch names the field, the
+  tensor and both values): LeRobot loads with ``strict=False`` and would leave such layers random;
+- every tensor is renamed by :data:`NAME_MAPPING` (whole dotted prefixes) and loaded strictly; a tensor
+  under no prefix is refused by its LeRobot name;
+- every processor step is known (renaming with an empty map, batching, device moves without a dtype
+  cast, the (un)normalizer) and the normalizer's modes, features and ``eps`` agree with ``config.json``.
+
+Reference quirks (LeRobot 0.6.1), each reproduced or refused:
+
+1. ``n_decoder_layers``: LeRobot builds and runs all of them, then ``decoder.norm``. Its default is 1
+   because the original ACT built 7 but used only the first layer's output (tonyzhaozh/act#25): a
+   LeRobot checkpoint with ``n_decoder_layers: 7`` runs 7 layers, and so does the converted policy.
+2. ``decoder.norm`` (a LayerNorm) follows the last decoder layer with post-norm too (right after that
+   layer's own ``norm3``); the encoders' final norm exists only with ``pre_norm`` (Identity otherwise).
+3. A feature type missing from ``normalization_mapping`` is not normalized (IDENTITY): under ACT's
+   default mapping (VISUAL, STATE, ACTION) ``observation.environment_state`` goes in raw. Every type
+   is set explicitly here (our own default for ENV would be ``mean_std``).
+4. Only the STATE feature named ``observation.state`` becomes ACT's state token (another STATE
+   feature is ignored by the model); the ENV feature is read from ``observation.environment_state``
+   whatever its declared name; only ``action`` is predicted. Other feature names are refused.
+5. Without a state feature LeRobot's forward still reads ``batch["observation.state"]`` (for a
+   device) and raises ``KeyError`` when it is absent; the converted policy needs no state key.
+6. ``feedforward_activation: glu`` builds, but ``F.glu`` halves ``linear1``'s output and ``linear2``
+   then fails at the first forward: no working checkpoint uses it; refused.
+7. ``temporal_ensemble_coeff``: weight ``exp(-coeff * i)`` with ``i = 0`` the *oldest* prediction of a
+   step (coeff > 0 favours older chunks), ``n_action_steps`` must be 1; the policy's
+   ``TemporalEnsembler`` is the same online average.
+8. Normalization divides by ``std + eps`` (MEAN_STD) or by the range, ``eps`` where the range is 0;
+   MEAN_STD's inverse is ``y * std + mean`` without ``eps`` (ours multiplies by ``std + eps``: a
+   relative 1e-8). Where a std or range is 0, LeRobot divides by ``eps`` (ours by 1) and its MEAN_STD
+   inverse returns the mean: such stats are refused, naming the feature.
+9. The training loss's L1 is averaged over the non-padded steps (the original ACT averaged over all
+   elements), plus ``kl_weight`` x KL summed over the latent and averaged over the batch. In eval mode
+   the forward uses the zero latent and no KL (``act_vae`` does the same).
+10. ``replace_final_stride_with_dilation`` is typed ``int`` (0 / 1 or a bool); torchvision's
+    BasicBlock cannot dilate, so only resnet50 and deeper have it. ``vision_backbone`` must start with
+    ``resnet`` (LeRobot refuses resnext / wide_resnet).
+11. The 2D sine positions split ``dim_model // 2`` channels per axis into sin / cos pairs: LeRobot's
+    forward fails unless ``dim_model`` is a multiple of 4.
+12. ``dropout`` has no effect in eval mode but is converted (it shapes training).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from vla_core import CheckpointError, ConfigError, VLAPolicy, load_into, load_tensors
+from vla_core.paths import inside
 
 from vla_train.convert.lerobot import count_indices, read_json, read_lerobot_stats
 
@@ -36,88 +82,284 @@ NAME_MAPPING: dict[str, str] = {
     "head.action_proj": "model.action_head",
 }
 
-NORM_MODES = {"MEAN_STD": "mean_std", "MIN_MAX": "min_max", "IDENTITY": "identity", "QUANTILES": "quantile"}
-
-# (blocks per stage, bottleneck, layer1.0.conv2 weight shape) -> torchvision variant.
-RESNET_SIGNATURES = {
-    ((2, 2, 2, 2), False, (64, 64, 3, 3)): "resnet18",
-    ((3, 4, 6, 3), False, (64, 64, 3, 3)): "resnet34",
-    ((3, 4, 6, 3), True, (64, 64, 3, 3)): "resnet50",
-    ((3, 4, 23, 3), True, (64, 64, 3, 3)): "resnet101",
-    ((3, 8, 36, 3), True, (64, 64, 3, 3)): "resnet152",
-    ((3, 4, 6, 3), True, (128, 4, 3, 3)): "resnext50_32x4d",
-    ((3, 4, 23, 3), True, (256, 8, 3, 3)): "resnext101_32x8d",
-    ((3, 4, 23, 3), True, (256, 4, 3, 3)): "resnext101_64x4d",
-    ((3, 4, 6, 3), True, (128, 128, 3, 3)): "wide_resnet50_2",
-    ((3, 4, 23, 3), True, (128, 128, 3, 3)): "wide_resnet101_2",
+NORM_MODES = {
+    "MEAN_STD": "mean_std",
+    "MIN_MAX": "min_max",
+    "QUANTILES": "quantile",
+    "QUANTILE10": "quantile10",
+    "IDENTITY": "identity",
 }
 
+# LeRobot 0.6.1 ``ACTConfig`` defaults of the fields read here (used when config.json lacks one).
+DEFAULTS: dict[str, Any] = {
+    "n_obs_steps": 1,
+    "chunk_size": 100,
+    "n_action_steps": 100,
+    "normalization_mapping": {"VISUAL": "MEAN_STD", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
+    "vision_backbone": "resnet18",
+    "replace_final_stride_with_dilation": False,
+    "pre_norm": False,
+    "dim_model": 512,
+    "n_heads": 8,
+    "dim_feedforward": 3200,
+    "feedforward_activation": "relu",
+    "n_encoder_layers": 4,
+    "n_decoder_layers": 1,
+    "use_vae": True,
+    "latent_dim": 32,
+    "n_vae_encoder_layers": 4,
+    "temporal_ensemble_coeff": None,
+    "dropout": 0.1,
+    "kl_weight": 10.0,
+}
+ARCHITECTURE_FIELDS = frozenset(DEFAULTS) | {"type", "input_features", "output_features"}
+# Fields with no effect on a saved policy's outputs: where it runs, hub metadata, optimizer presets,
+# and the torchvision weights the backbone started from (the checkpoint holds the trained ones).
+IGNORED_FIELDS = frozenset({
+    "device", "use_amp", "push_to_hub", "repo_id", "private", "tags", "license", "pretrained_path",
+    "pretrained_revision", "optimizer_lr", "optimizer_weight_decay", "optimizer_lr_backbone",
+    "pretrained_backbone_weights", "use_peft",
+})
+
+OBS_STATE, OBS_ENV_STATE, ACTION = "observation.state", "observation.environment_state", "action"
+
+# (blocks per stage, bottleneck) of the ResNets ``vision_backbone`` may name (LeRobot: "resnet*").
+RESNET_LAYOUTS = {
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+    "resnet101": ((3, 4, 23, 3), True),
+    "resnet152": ((3, 8, 36, 3), True),
+}
+
+# Processor steps that leave a saved policy's numbers alone (beyond the checks in ``check_processors``).
+KNOWN_STEPS = {"rename_observations_processor", "to_batch_processor", "device_processor",
+               "normalizer_processor", "unnormalizer_processor"}
 
 
+def _field(lr_config: dict[str, Any], name: str) -> Any:
+    return lr_config[name] if name in lr_config else DEFAULTS[name]
 
-def resnet_variant(tensors: dict[str, torch.Tensor], prefix: str = "model.backbone") -> str:
-    """The torchvision ResNet variant whose layout the ``prefix.*`` tensors have."""
-    blocks = tuple(count_indices(tensors, f"{prefix}.layer{i}") for i in range(1, 5))
-    bottleneck = f"{prefix}.layer1.0.conv3.weight" in tensors
-    conv2 = tuple(tensors[f"{prefix}.layer1.0.conv2.weight"].shape)
-    try:
-        return RESNET_SIGNATURES[(blocks, bottleneck, conv2)]
-    except KeyError:
-        raise CheckpointError(
-            f"{prefix}: no torchvision ResNet has {blocks} blocks per stage, bottleneck={bottleneck} and "
-            f"layer1.0.conv2 {conv2}"
-        ) from None
+
+def check_fields(lr_config: dict[str, Any], path: Path) -> None:
+    """Every config.json field is read or known to be irrelevant; ``use_peft`` must be off."""
+    unknown = sorted(set(lr_config) - ARCHITECTURE_FIELDS - IGNORED_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: field(s) {unknown} unknown to the ACT converter (written for LeRobot 0.6.1's ACTConfig); "
+            "it converts only what it understands, so a newer field must be added to it first"
+        )
+    if lr_config.get("use_peft"):
+        raise ConfigError(f"{path}: use_peft is true: a PEFT (LoRA) ACT checkpoint is not convertible; merge "
+                          "the adapters into the weights first")
+
+
+def check_features(lr_config: dict[str, Any]) -> None:
+    """The features ACT's model reads, under the names its forward reads them by (quirk 4)."""
+    for key, f in lr_config["input_features"].items():
+        ok = {"STATE": key == OBS_STATE, "ENV": key == OBS_ENV_STATE, "VISUAL": True}.get(f["type"], False)
+        if not ok:
+            raise ConfigError(
+                f"config.json input_features[{key!r}] (type {f['type']}): LeRobot's ACT reads only "
+                f"{OBS_STATE!r} (STATE), {OBS_ENV_STATE!r} (ENV) and VISUAL features; it would ignore or fail "
+                "on this one, so it is not converted"
+            )
+    outputs = lr_config["output_features"]
+    if list(outputs) != [ACTION] or outputs[ACTION]["type"] != "ACTION":
+        raise ConfigError(f"config.json output_features: LeRobot's ACT predicts exactly {ACTION!r} (ACTION), "
+                          f"received {dict(outputs)}")
+    if not any(f["type"] == "VISUAL" for f in lr_config["input_features"].values()):
+        raise ConfigError(
+            "config.json input_features: this ACT policy has no camera (LeRobot allows environment state "
+            "alone); resnet_act needs at least one VISUAL feature, so it is not converted"
+        )
+
+
+def _expect(field: str, value: Any, tensor: str, found: Any) -> None:
+    if value != found:
+        raise CheckpointError(f"config.json {field} is {value!r} but model.safetensors {tensor} says {found!r}")
+
+
+def _shape(tensors: dict[str, torch.Tensor], name: str) -> tuple[int, ...]:
+    if name not in tensors:
+        raise CheckpointError(f"model.safetensors: missing tensor {name!r}")
+    return tuple(tensors[name].shape)
+
+
+def check_backbone(lr_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    """``vision_backbone`` checked against the ResNet's layout in the tensors; returns it."""
+    name = _field(lr_config, "vision_backbone")
+    if name not in RESNET_LAYOUTS:
+        raise ConfigError(f"config.json vision_backbone: expected one of {sorted(RESNET_LAYOUTS)} (LeRobot "
+                          f"accepts torchvision 'resnet*' names), received {name!r}")
+    blocks = tuple(count_indices(tensors, f"model.backbone.layer{i}") for i in range(1, 5))
+    bottleneck = "model.backbone.layer1.0.conv3.weight" in tensors
+    _expect("vision_backbone", name, f"model.backbone.* (blocks per stage {blocks}, bottleneck {bottleneck})",
+            next((n for n, layout in RESNET_LAYOUTS.items() if layout == (blocks, bottleneck)), None))
+    dilation = _field(lr_config, "replace_final_stride_with_dilation")
+    if dilation not in (0, 1) or isinstance(dilation, float):
+        raise ConfigError(f"config.json replace_final_stride_with_dilation: expected a bool or 0 / 1, "
+                          f"received {dilation!r}")
+    return name
+
+
+def head_config(lr_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The ``act_vae`` spec: config.json fields, each checked against the tensors it shapes."""
+    f = lambda name: _field(lr_config, name)
+    d, chunk = f("dim_model"), f("chunk_size")
+    _expect("dim_model", d, "model.encoder_img_feat_input_proj.weight (out channels)",
+            _shape(tensors, "model.encoder_img_feat_input_proj.weight")[0])
+    if d % 4:
+        raise ConfigError(f"config.json dim_model: LeRobot's 2D sine positions need a multiple of 4, received {d}")
+    _expect("chunk_size", chunk, "model.decoder_pos_embed.weight (rows)", _shape(tensors, "model.decoder_pos_embed.weight")[0])
+    _expect("dim_feedforward", f("dim_feedforward"), "model.encoder.layers.0.linear1.weight (rows)",
+            _shape(tensors, "model.encoder.layers.0.linear1.weight")[0])
+    _expect("latent_dim", f("latent_dim"), "model.encoder_latent_input_proj.weight (columns)",
+            _shape(tensors, "model.encoder_latent_input_proj.weight")[1])
+    _expect("n_encoder_layers", f("n_encoder_layers"), "model.encoder.layers.*", count_indices(tensors, "model.encoder.layers"))
+    _expect("n_decoder_layers", f("n_decoder_layers"), "model.decoder.layers.*", count_indices(tensors, "model.decoder.layers"))
+    _expect("pre_norm", f("pre_norm"), "model.encoder.norm.weight (present)", "model.encoder.norm.weight" in tensors)
+    use_vae = f("use_vae")
+    _expect("use_vae", use_vae, "model.vae_encoder_latent_output_proj.weight (present)",
+            "model.vae_encoder_latent_output_proj.weight" in tensors)
+    if use_vae:
+        _expect("n_vae_encoder_layers", f("n_vae_encoder_layers"), "model.vae_encoder.layers.*",
+                count_indices(tensors, "model.vae_encoder.layers"))
+    activation = f("feedforward_activation")
+    if activation == "glu":
+        raise ConfigError("config.json feedforward_activation: 'glu' halves linear1's output, so LeRobot's own "
+                          "ACT fails at linear2 on its first forward; no working checkpoint uses it")
+    if activation not in ("relu", "gelu"):
+        raise ConfigError(f"config.json feedforward_activation: expected 'relu' or 'gelu', received {activation!r}")
+    return {
+        "type": "act_vae",
+        "horizon": chunk,
+        "dim_model": d,
+        "n_heads": f("n_heads"),
+        "dim_feedforward": f("dim_feedforward"),
+        "activation": activation,
+        "pre_norm": f("pre_norm"),
+        "n_encoder_layers": f("n_encoder_layers"),
+        "n_decoder_layers": f("n_decoder_layers"),
+        "use_vae": use_vae,
+        "latent_dim": f("latent_dim"),
+        # LeRobot keeps n_vae_encoder_layers in its config without a VAE; act_vae needs none then
+        **({"n_vae_encoder_layers": f("n_vae_encoder_layers")} if use_vae else {"n_vae_encoder_layers": 0}),
+        "dropout": float(f("dropout")),
+        "kl_weight": float(f("kl_weight")),
+    }
+
+
+def normalization_modes(lr_config: dict[str, Any]) -> dict[str, str]:
+    """Our mode for every feature type the policy has; a type LeRobot's mapping omits is IDENTITY (quirk 3)."""
+    mapping = _field(lr_config, "normalization_mapping") or {}
+    for ftype, mode in mapping.items():
+        if mode not in NORM_MODES:
+            raise ConfigError(f"config.json normalization_mapping[{ftype!r}]: LeRobot mode {mode!r} has no vla "
+                              f"equivalent (known: {sorted(NORM_MODES)})")
+    types = {f["type"] for f in [*lr_config["input_features"].values(), *lr_config["output_features"].values()]}
+    return {t: NORM_MODES[mapping.get(t, "IDENTITY")] for t in sorted(types)}
+
+
+def check_processors(src: Path, lr_config: dict[str, Any]) -> None:
+    """Processor steps we reproduce, with the normalizer's modes, features and eps as config.json says,
+    and one value per statistic (the preprocessor's and the postprocessor's action stats agree)."""
+    features = {**lr_config["input_features"], **lr_config["output_features"]}
+    mapping = _field(lr_config, "normalization_mapping") or {}
+    seen: dict[str, tuple[str, torch.Tensor]] = {}
+    for pipeline in sorted(src.glob("policy_*processor*.json")):
+        steps = read_json(pipeline).get("steps")
+        if not isinstance(steps, list):
+            raise ConfigError(f"{pipeline}: expected a list of steps, received {steps!r}")
+        for step in steps:
+            name = step.get("registry_name") if isinstance(step, dict) else None
+            cfg = step.get("config") or {} if isinstance(step, dict) else {}
+            where = f"{pipeline.name}: step {name!r}"
+            if name not in KNOWN_STEPS:
+                raise ConfigError(f"{where} is unknown to the ACT converter (known: {sorted(KNOWN_STEPS)})")
+            if name == "rename_observations_processor" and cfg.get("rename_map"):
+                raise ConfigError(f"{where}: rename_map {cfg['rename_map']} renames observations before the "
+                                  "policy; rename the features instead")
+            if name == "device_processor" and cfg.get("float_dtype") not in (None, "float32"):
+                raise ConfigError(f"{where}: float_dtype {cfg['float_dtype']!r} casts the inputs; only float32 "
+                                  "(or none) is reproduced")
+            if name in ("normalizer_processor", "unnormalizer_processor"):
+                if cfg.get("eps", 1e-8) != 1e-8:
+                    raise ConfigError(f"{where}: eps {cfg['eps']!r}; vla normalizes with eps 1e-8")
+                if (cfg.get("norm_map") or {}) != mapping:
+                    raise ConfigError(f"{where}: norm_map {cfg.get('norm_map')} differs from config.json's "
+                                      f"normalization_mapping {mapping}")
+                want = features if name == "normalizer_processor" else lr_config["output_features"]
+                got = {k: {"type": v["type"], "shape": list(v["shape"])} for k, v in (cfg.get("features") or {}).items()}
+                if got != {k: {"type": v["type"], "shape": list(v["shape"])} for k, v in want.items()}:
+                    raise ConfigError(f"{where}: normalizes features {sorted(got)}, expected exactly {sorted(want)}")
+                if step.get("state_file"):
+                    path = inside(src, str(step["state_file"]), f"{pipeline.name}: state_file")
+                    for stat, value in load_tensors(path).items():
+                        if stat in seen and not torch.equal(seen[stat][1], value):
+                            raise ConfigError(f"{where}: statistic {stat!r} differs from the one in {seen[stat][0]}; "
+                                              "LeRobot normalizes inputs and unnormalizes actions with different "
+                                              "values, which one normalizer cannot reproduce")
+                        seen.setdefault(stat, (pipeline.name, value))
+
+
+def check_stats(stats: dict[str, dict[str, torch.Tensor]], modes: dict[str, str], lr_config: dict[str, Any]) -> None:
+    """Stats LeRobot and vla normalize alike: no zero std or range under a non-identity mode (quirk 8)."""
+    stat_names = {"mean_std": ("std", None), "min_max": ("min", "max"), "quantile": ("q01", "q99"),
+                  "quantile10": ("q10", "q90")}
+    for key, f in {**lr_config["input_features"], **lr_config["output_features"]}.items():
+        mode = modes[f["type"]]
+        if mode == "identity" or key not in stats:
+            continue  # a missing key fails in Normalizer.set_stats, by name
+        low, high = stat_names[mode]
+        if low not in stats[key] or (high is not None and high not in stats[key]):
+            continue  # likewise
+        span = stats[key][low] if high is None else stats[key][high] - stats[key][low]
+        zero = (span == 0).nonzero().flatten().tolist()
+        if zero:
+            what = "std" if high is None else f"{high} - {low}"
+            raise ConfigError(
+                f"normalization stats of {key!r}: {what} is 0 at flat index {zero[:5]}; LeRobot divides by eps "
+                "(1e-8) there and vla by 1, so the converted policy would act differently"
+            )
 
 
 def policy_config(lr_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Our VLAPolicy config dict from LeRobot's ``config.json`` and the checkpoint's tensor shapes."""
-    modes = {}
-    for ftype, mode in (lr_config.get("normalization_mapping") or {}).items():
-        if mode not in NORM_MODES:
-            raise ConfigError(f"LeRobot normalization mode {mode!r} for {ftype} has no vla equivalent "
-                              f"(supported: {sorted(NORM_MODES)})")
-        modes[ftype] = NORM_MODES[mode]
-    has_images = "model.encoder_img_feat_input_proj.weight" in tensors
-    if not has_images:
-        raise ConfigError("the LeRobot ACT checkpoint has no image backbone; resnet_act needs at least one camera")
-    dim_model = tensors["model.encoder_img_feat_input_proj.weight"].shape[0]
-    use_vae = "model.vae_encoder_latent_output_proj.weight" in tensors
+    """Our VLAPolicy config dict from LeRobot's ``config.json``, checked against the tensors."""
+    if _field(lr_config, "n_obs_steps") != 1:
+        raise ConfigError(f"config.json n_obs_steps: LeRobot's ACT takes 1, received {lr_config['n_obs_steps']}")
+    check_features(lr_config)
+    head = head_config(lr_config, tensors)
     backbone = {
         "type": "resnet_act",
-        "variant": resnet_variant(tensors),
-        "dim_model": int(dim_model),
+        "variant": check_backbone(lr_config, tensors),
+        "dim_model": head["dim_model"],
         "frozen_bn": True,
-        "replace_final_stride_with_dilation": bool(lr_config.get("replace_final_stride_with_dilation", False)),
+        "replace_final_stride_with_dilation": bool(_field(lr_config, "replace_final_stride_with_dilation")),
     }
-    head = {
-        "type": "act_vae",
-        "horizon": int(tensors["model.decoder_pos_embed.weight"].shape[0]),
-        "dim_model": int(dim_model),
-        "n_heads": int(lr_config.get("n_heads", 8)),
-        "dim_feedforward": int(tensors["model.encoder.layers.0.linear1.weight"].shape[0]),
-        "activation": lr_config.get("feedforward_activation", "relu"),
-        "pre_norm": "model.encoder.norm.weight" in tensors,
-        "n_encoder_layers": count_indices(tensors, "model.encoder.layers"),
-        "n_decoder_layers": count_indices(tensors, "model.decoder.layers"),
-        "use_vae": use_vae,
-        "latent_dim": int(tensors["model.encoder_latent_input_proj.weight"].shape[1]),
-        "n_vae_encoder_layers": count_indices(tensors, "model.vae_encoder.layers") if use_vae else 0,
-        "dropout": float(lr_config.get("dropout", 0.1)),
-        "kl_weight": float(lr_config.get("kl_weight", 10.0)),
-    }
+    coeff = _field(lr_config, "temporal_ensemble_coeff")
+    if coeff is not None and not math.isfinite(coeff):
+        raise ConfigError(f"config.json temporal_ensemble_coeff: expected a finite number, received {coeff!r}")
     feats = lambda d: {k: {"type": v["type"], "shape": list(v["shape"])} for k, v in d.items()}
     return {
         "input_features": feats(lr_config["input_features"]),
         "output_features": feats(lr_config["output_features"]),
         "backbone": backbone,
         "head": head,
-        "normalization": modes,
-        "n_obs_steps": int(lr_config.get("n_obs_steps", 1)),
-        "n_action_steps": int(lr_config.get("n_action_steps") or head["horizon"]),
-        "temporal_ensemble_coeff": lr_config.get("temporal_ensemble_coeff"),
+        "normalization": normalization_modes(lr_config),
+        "n_obs_steps": 1,
+        "n_action_steps": int(_field(lr_config, "n_action_steps")),
+        "temporal_ensemble_coeff": coeff,
     }
 
 
+def check_tensor_names(tensors: dict[str, torch.Tensor]) -> None:
+    """Every tensor lies under a prefix of :data:`NAME_MAPPING`; others are named in LeRobot's terms."""
+    prefixes = tuple(NAME_MAPPING.values())
+    unknown = sorted(k for k in tensors if not any(k == p or k.startswith(p + ".") for p in prefixes))
+    if unknown:
+        raise CheckpointError(f"model.safetensors: tensor(s) the ACT converter does not understand: {unknown[:8]}"
+                              f"{' ...' if len(unknown) > 8 else ''}")
 
 
 def convert(src: Path, dst: Path) -> Path:
@@ -126,12 +368,16 @@ def convert(src: Path, dst: Path) -> Path:
     lr_config = read_json(src / "config.json")
     if lr_config.get("type") != "act":
         raise ConfigError(f"{src}/config.json: expected LeRobot policy type 'act', received {lr_config.get('type')!r}")
+    check_fields(lr_config, src / "config.json")
     tensors = load_tensors(src / "model.safetensors")
-    policy = VLAPolicy(policy_config(lr_config, tensors))
+    check_tensor_names(tensors)
+    config = policy_config(lr_config, tensors)
+    check_processors(src, lr_config)
     stats = read_lerobot_stats(src)
-    own = policy.state_dict()
-    normalizer = {k: v for k, v in own.items() if k.startswith("normalizer.")}
+    check_stats(stats, config["normalization"], lr_config)
+    policy = VLAPolicy(config)
     policy.normalizer.set_stats(stats)
-    # The normalizer's buffers are set from the processor stats; the rest must match the mapping exactly.
-    load_into(policy, {**tensors, **{k: policy.state_dict()[k] for k in normalizer}}, name_mapping=NAME_MAPPING)
+    # The normalizer's buffers come from the processor stats; every other tensor from the mapping, strictly.
+    normalizer = {k: v for k, v in policy.state_dict().items() if k.startswith("normalizer.")}
+    load_into(policy, {**tensors, **normalizer}, name_mapping=NAME_MAPPING)
     return policy.save_pretrained(dst)
