@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +76,21 @@ def test_pair_contract(backbone, head, tmp_path):
         return VLAPolicy(config)
 
     check_policy_contract(make, tmp_path, compile_backend="inductor" if (backbone, head) in FAMILIES else "aot_eager")
+
+
+def _readme_pair_table() -> dict[tuple[str, str], str]:
+    """The pair table of packages/vla-core/README.md: (backbone, head) -> cell text."""
+    readme = (Path(__file__).parents[1] / "packages" / "vla-core" / "README.md").read_text()
+    block = readme.split("<!-- pairs -->", 1)[1].split("<!-- /pairs -->", 1)[0]
+    rows = [[cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+            for line in block.strip().splitlines()]
+    header, body = rows[0], rows[2:]
+    return {(row[0], head): cell for row in body for head, cell in zip(header[1:], row[1:])}
+
+
+def test_readme_pair_table_matches_the_registry():
+    """The README's table names every registered pair, and says "no" exactly for the refused ones."""
+    table = _readme_pair_table()
+    assert set(table) == set(PAIRS), f"README pair table out of date: {set(table) ^ set(PAIRS)}"
+    for pair, cell in table.items():
+        assert cell.startswith("no") == (pair in REFUSED), f"{pair}: README says {cell!r}"
