@@ -245,7 +245,7 @@ def test_tiny_pair_trains_under_checkpointing_and_fsdp2_and_predicts_sharded(tmp
     prefix K/V come in as inputs); the sharded loss, gradients and actions equal the plain policy's."""
     make, batch = tiny_pair(tmp_path)
     policy = make()
-    assert {c.__name__ for c in policy.fsdp_units()} == {"SiglipEncoderLayer", "GemmaPrefixLayer", "ExpertLayer"}
+    assert {c.__name__ for c in policy.fsdp_units()} == {"SiglipEncoderLayer", "GemmaDecoderLayer"}
     assert policy.config.head["prefix_num_layers"] == 2 and not policy.config.backbone["return_hidden_states"]
     check_sharded_training(make, batch)
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from pi0_fixtures import CAMERA, TASKS, TINY_BACKBONE, make_tokenizer
 from vla_backbones.paligemma import LANGUAGE_MASK, LANGUAGE_TOKENS, PaliGemmaBackbone, TaskTokenizer
 from vla_backbones.paligemma.images import resize_with_pad
-from vla_backbones.paligemma.layers import GemmaPrefixLayer
+from vla_core.gemma import GemmaDecoderLayer
 from vla_core import BACKBONES, ConfigError, ContextNeeds, ContextSpec, KVGeometry, build_backbone
 from vla_core.testing import check_backbone
 
@@ -38,7 +38,7 @@ def test_contract_and_shapes():
     assert len(out.past_key_values) == 2
     for k, v in out.past_key_values:
         assert k.shape == v.shape == (2, 1, 10, 8)
-    assert bb.fsdp_units() == {GemmaPrefixLayer, type(bb.vision_tower.vision_model.encoder.layers[0])}
+    assert bb.fsdp_units() == {GemmaDecoderLayer, type(bb.vision_tower.vision_model.encoder.layers[0])}
     assert bb.context_spec() == ContextSpec(width=64, num_tokens=None, kv=KVGeometry(2, 1, 8))
 
 

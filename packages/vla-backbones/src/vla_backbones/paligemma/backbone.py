@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from transformers import SiglipVisionConfig
-from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 from transformers.models.siglip.modeling_siglip import (
     SiglipEncoder,
     SiglipEncoderLayer,
@@ -37,9 +36,10 @@ from vla_core import (
 )
 from vla_core.config import check_positive
 from vla_core.features import TASK
+from vla_core.gemma import GemmaDecoderLayer, RMSNorm, rope_cos_sin
 
 from vla_backbones.paligemma.images import to_siglip_range
-from vla_backbones.paligemma.layers import GemmaPrefixLayer, prefix_attention_bias, rope_cos_sin
+from vla_backbones.paligemma.layers import prefix_attention_bias
 from vla_backbones.paligemma.tokenizer import TaskTokenizer
 
 # Pre-tokenized language, as LeRobot's processors write it; used when present, else ``task`` is tokenized.
@@ -152,13 +152,13 @@ class GemmaPrefixModel(nn.Module):
         self.head_dim, self.rope_theta = c.head_dim, c.rope_theta
         self.embed_tokens = nn.Embedding(c.vocab_size, c.width)
         self.layers = nn.ModuleList(
-            GemmaPrefixLayer(
+            GemmaDecoderLayer(
                 width=c.width, mlp_dim=c.mlp_dim, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
                 head_dim=c.head_dim, eps=c.rms_eps,
             )
             for _ in range(c.depth)
         )
-        self.norm = GemmaRMSNorm(c.width, eps=c.rms_eps)
+        self.norm = RMSNorm(c.width, eps=c.rms_eps)
 
     def embed(self, ids: Tensor) -> Tensor:
         """(B, L) ids -> (B, L, D), scaled by sqrt(D) in the embedding's dtype (transformers 5 / LeRobot)."""
@@ -242,7 +242,7 @@ class PaliGemmaBackbone(Backbone):
         return self
 
     def fsdp_units(self) -> set[type[nn.Module]]:
-        return {SiglipEncoderLayer, GemmaPrefixLayer}
+        return {SiglipEncoderLayer, GemmaDecoderLayer}
 
     @classmethod
     def tiny_config(cls, workdir: Path) -> dict[str, Any]:
