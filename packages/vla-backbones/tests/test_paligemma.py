@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from pi0_fixtures import CAMERA, TASKS, TINY_BACKBONE, make_tokenizer
 from vla_backbones.paligemma import LANGUAGE_MASK, LANGUAGE_TOKENS, PaliGemmaBackbone, TaskTokenizer
 from vla_backbones.paligemma.images import resize_with_pad
-from vla_core.gemma import GemmaDecoderLayer
 from vla_core import BACKBONES, ConfigError, ContextNeeds, ContextSpec, KVGeometry, build_backbone
+from vla_core.gemma import GemmaDecoderLayer
 from vla_core.testing import check_backbone
 
 

@@ -19,9 +19,9 @@ from vla_core import (
     KVGeometry,
     build_head,
 )
+from vla_core.gemma import GemmaDecoderLayer
 from vla_core.testing import check_head
 from vla_heads.pi0_flow import Pi0FlowHead
-from vla_core.gemma import GemmaDecoderLayer
 from vla_heads.pi0_flow.expert import attention_bias, suffix_allowed
 from vla_heads.pi0_flow.flow import euler_sample, interpolate, sample_time, sinusoidal_time_embedding
 

@@ -22,7 +22,15 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from vla_core import ActionHead, BackboneOutput, ComponentConfig, ConfigError, ContextNeeds, ContextSpec, HeadOutput
+from vla_core import (
+    ActionHead,
+    BackboneOutput,
+    ComponentConfig,
+    ConfigError,
+    ContextNeeds,
+    ContextSpec,
+    HeadOutput,
+)
 from vla_core.config import check_positive
 from vla_core.features import ACTION, ACTION_IS_PAD
 from vla_core.gemma import GemmaDecoderLayer, GemmaMLP, GemmaProjections, rope_cos_sin
