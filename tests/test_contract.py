@@ -29,14 +29,15 @@ FAMILIES = {
     ("resnet_act", "dit_flow_matching"),
     ("eagle", "dit_flow_matching"),
     ("paligemma", "pi0_flow"),
+    ("paligemma", "pi05_flow"),
 }
 
-# Pairs refused at build time (the table in the README): pi0_flow reads per-layer prefix K/V, which only
-# paligemma gives.
+# Pairs refused at build time (the table in the README): pi0_flow and pi05_flow read per-layer prefix
+# K/V, which only paligemma gives.
 REFUSED = {
-    ("eagle", "pi0_flow"): "reads per-layer prefix K/V",
-    ("resnet_act", "pi0_flow"): "reads per-layer prefix K/V",
-    ("resnet_spatial_softmax", "pi0_flow"): "reads per-layer prefix K/V",
+    (backbone, head): "reads per-layer prefix K/V"
+    for backbone in ("eagle", "resnet_act", "resnet_spatial_softmax")
+    for head in ("pi0_flow", "pi05_flow")
 }
 
 

@@ -35,11 +35,12 @@ from vla_core import (
     KVGeometry,
 )
 from vla_core.config import check_positive
-from vla_core.features import TASK
+from vla_core.features import OBS_STATE, TASK
 from vla_core.gemma import GemmaDecoderLayer, RMSNorm, rope_cos_sin
 
 from vla_backbones.paligemma.images import to_siglip_range
 from vla_backbones.paligemma.layers import prefix_attention_bias
+from vla_backbones.paligemma.prompt import pi05_prompts
 from vla_backbones.paligemma.tokenizer import TaskTokenizer
 
 # Pre-tokenized language, as LeRobot's processors write it; used when present, else ``task`` is tokenized.
@@ -54,6 +55,10 @@ class PaliGemmaBackboneConfig(ComponentConfig):
     ``return_hidden_states``: False (what pi0 needs) returns the prefix embeddings as ``features``
     and skips the last decoder layer's attention output and MLP, which feed nothing the expert
     reads; True returns the final normed hidden states (B, T, width) of a full pass.
+
+    ``discrete_state_bins`` (pi0.5: 256): write the normalized ``observation.state`` into the prompt
+    as integer bins over [-1, 1] (see :func:`vla_backbones.paligemma.prompt.pi05_prompts`) instead of
+    the plain task; ``None`` (pi0) keeps ``task + "\n"``.
     """
 
     image_keys: tuple[str, ...] = ()
@@ -75,6 +80,7 @@ class PaliGemmaBackboneConfig(ComponentConfig):
     rope_theta: float = 10000.0
     tokenizer: str | None = None  # local tokenizer directory for ``task`` strings
     max_token_len: int = 48
+    discrete_state_bins: int | None = None
     freeze_vision: bool = False
     return_hidden_states: bool = False
     pretrained: str | None = None  # local PaliGemma directory (transformers' save_pretrained) to load
@@ -88,6 +94,8 @@ class PaliGemmaBackboneConfig(ComponentConfig):
             num_kv_heads=self.num_kv_heads, head_dim=self.head_dim, vocab_size=self.vocab_size,
             max_token_len=self.max_token_len,
         )
+        if self.discrete_state_bins is not None:
+            check_positive(name, discrete_state_bins=self.discrete_state_bins)
         if not self.image_keys:
             raise ConfigError(f"{name}.image_keys: expected at least one camera key, received ()")
         if self.image_size % self.patch_size:
@@ -277,12 +285,15 @@ class PaliGemmaBackbone(Backbone):
 
     # ------------------------------------------------------------------ inputs
     def language_inputs(self, batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Token ids (B, L) and mask (B, L) bool: LeRobot's pre-tokenized keys if present, else ``task``."""
+        """Token ids (B, L) and mask (B, L) bool: LeRobot's pre-tokenized keys if present (with
+        ``discrete_state_bins`` they already hold the state, as LeRobot's pi05 processor writes them),
+        else ``task`` (and the discretized state)."""
         if LANGUAGE_TOKENS in batch:
             ids = batch[LANGUAGE_TOKENS].to(device=device, dtype=torch.long)
             mask = batch.get(LANGUAGE_MASK)
             mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(device=device, dtype=torch.bool)
             return ids, mask
+        c = self.config
         if TASK not in batch:
             raise ValueError(f"missing batch key {TASK!r} (list of B strings) or {LANGUAGE_TOKENS!r} (B, L) token ids")
         if self.tokenizer is None:
@@ -290,7 +301,15 @@ class PaliGemmaBackbone(Backbone):
                 f"{type(self.config).__name__}.tokenizer: set a local tokenizer directory to tokenize {TASK!r} "
                 f"strings, or pass pre-tokenized {LANGUAGE_TOKENS!r}"
             )
-        return self.tokenizer(list(batch[TASK]), device)
+        tasks = list(batch[TASK])
+        if c.discrete_state_bins is None:
+            return self.tokenizer(tasks, device)
+        if OBS_STATE not in batch:
+            raise ValueError(f"missing batch key {OBS_STATE!r}: discrete_state_bins={c.discrete_state_bins} writes "
+                             "the normalized state into the prompt")
+        state = batch[OBS_STATE]
+        state = state[:, -1] if state.dim() == 3 else state
+        return self.tokenizer(pi05_prompts(tasks, state, c.discrete_state_bins), device, newline=False)
 
     def embed_images(self, images: Tensor) -> Tensor:
         """(N, 3, S, S) in [-1, 1] -> (N, image_tokens, D): SigLIP last hidden state, projected.

@@ -26,8 +26,11 @@ class TaskTokenizer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.max_length = max_length
 
-    def __call__(self, tasks: list[str], device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
-        texts = [t if t.endswith("\n") else t + "\n" for t in tasks]
+    def __call__(
+        self, tasks: list[str], device: torch.device | str | None = None, *, newline: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """``newline=False`` tokenizes the texts as given (pi0.5 prompts end in ``"Action: "``)."""
+        texts = [t if t.endswith("\n") or not newline else t + "\n" for t in tasks]
         out = self.tokenizer(
             texts, max_length=self.max_length, truncation=True, padding="max_length",
             padding_side="right", return_tensors="pt",
