@@ -23,6 +23,7 @@ LEROBOT_CONVERTERS = {
     "act": "vla_train.convert.lerobot_act",
     "diffusion": "vla_train.convert.lerobot_diffusion",
     "pi0": "vla_train.convert.lerobot_pi0",
+    "pi05": "vla_train.convert.lerobot_pi05",
 }
 
 

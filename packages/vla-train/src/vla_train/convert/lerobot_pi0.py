@@ -47,11 +47,9 @@ VISION_HEADS = 16  # PaliGemma's SigLIP So400m default, which LeRobot never chan
 NORM_MODES = {"MEAN_STD": "mean_std", "MIN_MAX": "min_max", "IDENTITY": "identity", "QUANTILES": "quantile"}
 
 
-
-
 def _shape(tensors: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:
     if key not in tensors:
-        raise CheckpointError(f"LeRobot pi0 checkpoint lacks {key!r}")
+        raise CheckpointError(f"LeRobot pi0 / pi05 checkpoint lacks {key!r}")
     return tuple(tensors[key].shape)
 
 
@@ -83,33 +81,40 @@ def siglip_dims(tensors: dict[str, torch.Tensor], image_size: int) -> dict[str, 
     }
 
 
-def policy_config(lr: dict[str, Any], tensors: dict[str, torch.Tensor], tokenizer: str | None) -> dict[str, Any]:
-    """Our VLAPolicy config dict from LeRobot's ``config.json`` and the checkpoint's tensor shapes."""
+def backbone_config(lr: dict[str, Any], tensors: dict[str, torch.Tensor], tokenizer: str | None, *,
+                    policy: str = "pi0") -> dict[str, Any]:
+    """The ``paligemma`` spec from LeRobot's pi0 / pi05 ``config.json`` and the checkpoint's shapes."""
     if lr.get("use_relative_actions"):
-        raise ConfigError("LeRobot pi0 config: use_relative_actions=True has no vla equivalent yet")
+        raise ConfigError(f"LeRobot {policy} config: use_relative_actions=True has no vla equivalent yet")
     if lr.get("empty_cameras", 0):
-        raise ConfigError("LeRobot pi0 config: empty_cameras > 0 (padding cameras) is not supported")
+        raise ConfigError(f"LeRobot {policy} config: empty_cameras > 0 (padding cameras) is not supported")
     height, width = lr.get("image_resolution", (224, 224))
     if height != width:
-        raise ConfigError(f"LeRobot pi0 config: image_resolution must be square, received {(height, width)}")
-    text = gemma_dims(tensors, f"{PALIGEMMA}.language_model")
-    expert = gemma_dims(tensors, EXPERT)
-    backbone = {
-        "type": "paligemma", **siglip_dims(tensors, height), **text,
+        raise ConfigError(f"LeRobot {policy} config: image_resolution must be square, received {(height, width)}")
+    return {
+        "type": "paligemma", **siglip_dims(tensors, height), **gemma_dims(tensors, f"{PALIGEMMA}.language_model"),
         "vocab_size": _shape(tensors, f"{PALIGEMMA}.language_model.embed_tokens.weight")[0],
         "max_token_len": lr.get("tokenizer_max_length", 48),
         "freeze_vision": bool(lr.get("freeze_vision_encoder", False)), "tokenizer": tokenizer,
     }
-    head = {
-        "type": "pi0_flow", **expert, "horizon": lr["chunk_size"],
-        "max_state_dim": _shape(tensors, "model.state_proj.weight")[1],
+
+
+def flow_fields(lr: dict[str, Any], tensors: dict[str, torch.Tensor], backbone: dict[str, Any]) -> dict[str, Any]:
+    """The expert-head fields pi0 and pi05 share: geometry, prefix geometry, chunk and flow settings."""
+    return {
+        **gemma_dims(tensors, EXPERT), "horizon": lr["chunk_size"],
         "max_action_dim": _shape(tensors, "model.action_in_proj.weight")[1],
-        "prefix_num_layers": text["depth"], "prefix_num_kv_heads": text["num_kv_heads"], "prefix_head_dim": text["head_dim"],
+        "prefix_num_layers": backbone["depth"], "prefix_num_kv_heads": backbone["num_kv_heads"],
+        "prefix_head_dim": backbone["head_dim"],
         "num_inference_steps": lr.get("num_inference_steps", 10),
         "time_beta_alpha": lr.get("time_sampling_beta_alpha", 1.5), "time_beta_beta": lr.get("time_sampling_beta_beta", 1.0),
         "time_scale": lr.get("time_sampling_scale", 0.999), "time_offset": lr.get("time_sampling_offset", 0.001),
         "min_period": lr.get("min_period", 4e-3), "max_period": lr.get("max_period", 4.0),
     }
+
+
+def wrap_policy(lr: dict[str, Any], backbone: dict[str, Any], head: dict[str, Any]) -> dict[str, Any]:
+    """The VLAPolicy config dict around the two specs: features, normalization modes, steps, freezing."""
     modes = {k: NORM_MODES[v] for k, v in (lr.get("normalization_mapping") or {}).items()}
     return {
         "input_features": lr["input_features"], "output_features": lr["output_features"],
@@ -118,15 +123,21 @@ def policy_config(lr: dict[str, Any], tensors: dict[str, torch.Tensor], tokenize
     }
 
 
+def policy_config(lr: dict[str, Any], tensors: dict[str, torch.Tensor], tokenizer: str | None) -> dict[str, Any]:
+    """Our VLAPolicy config dict from LeRobot's ``config.json`` and the checkpoint's tensor shapes."""
+    backbone = backbone_config(lr, tensors, tokenizer)
+    head = {"type": "pi0_flow", **flow_fields(lr, tensors, backbone),
+            "max_state_dim": _shape(tensors, "model.state_proj.weight")[1]}
+    return wrap_policy(lr, backbone, head)
 
 
-def lerobot_tensors(src: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors with legacy names fixed and the unused LM heads dropped."""
+def lerobot_tensors(src: Path, legacy: dict[str, str] = LEGACY_NAMES) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors with ``legacy`` name prefixes renamed and the unused LM heads dropped."""
     tensors = {}
     for key, value in load_tensors(src / "model.safetensors").items():
         if not key.startswith("model."):  # openpi-exported checkpoints have no prefix
             key = "model." + key
-        for old, new in LEGACY_NAMES.items():
+        for old, new in legacy.items():
             key = new + key[len(old):] if key.startswith(old) else key
         tensors[key] = value
     embed = f"{PALIGEMMA}.language_model.embed_tokens.weight"
