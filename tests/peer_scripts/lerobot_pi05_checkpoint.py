@@ -47,7 +47,7 @@ CASES: dict[str, dict] = {
     "periods": {"min_period": 0.01, "max_period": 2.0},
     "steps_chunk": {"num_inference_steps": 3, "chunk_size": 6, "n_action_steps": 4},
     "norm_modes": {"normalization_mapping": {"VISUAL": N.IDENTITY, "STATE": N.MEAN_STD, "ACTION": N.MIN_MAX}},
-    "combo": {"max_action_dim": 4, "max_state_dim": 6, "image_resolution": (32, 32), "tokenizer_max_length": 40,
+    "combo": {"max_action_dim": 4, "max_state_dim": 6, "image_resolution": (42, 42), "tokenizer_max_length": 40,
               "num_inference_steps": 5, "min_period": 0.002},
 }
 
