@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from vla_core import ConfigError, VLAPolicy
 from vla_train.convert.lerobot import convert_lerobot
 from vla_train.convert.lerobot_pi05 import convert

@@ -30,3 +30,9 @@ def pi05_prompts(tasks: list[str], state: Tensor, bins: int) -> list[str]:
         text = task.strip().replace("_", " ").replace("\n", " ")
         prompts.append(f"Task: {text}, State: {' '.join(map(str, row))};\nAction: ")
     return prompts
+
+
+def prompt_words(bins: int = 256) -> str:
+    """The words of the prompt template and every bin number, for building a word-level tokenizer that
+    knows them (tests, toy runs): ``"Task State Action : , ; - 0 1 ... bins-1"``."""
+    return " ".join(["Task State Action : , ; -", *map(str, range(bins))])

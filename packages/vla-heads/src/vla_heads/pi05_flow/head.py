@@ -71,7 +71,7 @@ class Pi05FlowHead(ExpertFlowHead):
 
     def fixed_inputs(self, batch: Any, dtype) -> None:
         """Nothing: the state is in the prefix."""
-        return None
+        return
 
     def time_condition(self, time: Tensor, dtype) -> Tensor:
         """Time (B,) -> the adaptive norms' condition (B, D) in ``dtype``."""
