@@ -28,12 +28,10 @@ import statistics
 import time
 
 import torch
-
-from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
+from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.pi05 import modeling_pi05
 from lerobot.policies.pi05.configuration_pi05 import PI05Config
 from lerobot.policies.pi05.modeling_pi05 import GemmaConfig, PI05Policy
-
 from vla_core import VLAPolicy, apply_name_mapping
 from vla_train.convert.lerobot_pi05 import NAME_MAPPING, policy_config
 
