@@ -24,6 +24,7 @@ FAMILIES = {  # the shipped configs' backbone + head pairs
     "resnet_dit": ("resnet_act", "dit_flow_matching"),
     "groot": ("eagle", "dit_flow_matching"),
     "pi0": ("paligemma", "pi0_flow"),
+    "pi05": ("paligemma", "pi05_flow"),
 }
 
 
