@@ -3,13 +3,12 @@
 from importlib import metadata
 
 import pytest
-
 from vla_core import BACKBONES, HEADS, PROJECTORS, ActionHead, Backbone, ComponentConfig, Projector
 
 KINDS = {"vla.backbones": (BACKBONES, Backbone), "vla.heads": (HEADS, ActionHead), "vla.projectors": (PROJECTORS, Projector)}
 CONTRACT = {  # the names DESIGN.md promises
     "vla.backbones": {"resnet_act", "resnet_spatial_softmax", "eagle", "paligemma"},
-    "vla.heads": {"act_vae", "unet_diffusion", "dit_flow_matching", "pi0_flow"},
+    "vla.heads": {"act_vae", "unet_diffusion", "dit_flow_matching", "pi0_flow", "pi05_flow"},
     "vla.projectors": {"linear", "mlp"},
 }
 ENTRY_POINTS = [(group, ep) for group in KINDS for ep in metadata.entry_points(group=group)]

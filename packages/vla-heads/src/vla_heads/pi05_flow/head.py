@@ -47,7 +47,6 @@ class Pi05FlowHead(ExpertFlowHead):
     """
 
     config_class = Pi05FlowConfig
-    name = "pi05_flow"
 
     def __init__(self, config: Pi05FlowConfig) -> None:
         super().__init__(config, cond_dim=config.width)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,11 +102,9 @@ class ExpertFlowHead(ActionHead):
 
     Needs ``context.past_key_values``: per-layer (k, v) of shape (B, Hkv, P, d) and
     ``context.attention_mask`` (B, P), as the ``paligemma`` backbone returns them.
-    Subclasses set ``name`` (for messages), ``cond_dim`` (adaptive norms) and implement
-    :meth:`fixed_inputs`, :meth:`embed_suffix` and :meth:`final_norm`.
+    Subclasses pass ``cond_dim`` (adaptive norms), register a ``suffix_allowed`` buffer and implement
+    :meth:`fixed_inputs`, :meth:`embed_suffix` and :meth:`final_norm`; messages name the registered name.
     """
-
-    name: ClassVar[str]
 
     def __init__(self, config: ExpertFlowConfig, *, cond_dim: int | None = None) -> None:
         super().__init__()
@@ -138,7 +136,7 @@ class ExpertFlowHead(ActionHead):
     def configure_for(cls, config: ExpertFlowConfig, context: ContextSpec) -> ExpertFlowConfig:
         """The ``prefix_*`` fields from the context's K/V geometry (a contradicting value raises)."""
         if context.kv is None:
-            raise ConfigError(f"{cls.name} reads per-layer prefix K/V (past_key_values); the backbone gives none")
+            raise ConfigError(f"{cls.registered_name} reads per-layer prefix K/V (past_key_values); the backbone gives none")
         fields = {}
         for name, value in (("prefix_num_layers", context.kv.num_layers),
                             ("prefix_num_kv_heads", context.kv.num_kv_heads), ("prefix_head_dim", context.kv.head_dim)):
@@ -168,14 +166,14 @@ class ExpertFlowHead(ActionHead):
         """The backbone's per-layer K/V, checked against this expert's geometry."""
         c, kv = self.config, context.past_key_values
         if kv is None:
-            raise ValueError(f"{self.name} reads the prefix K/V from context.past_key_values; use a backbone that "
+            raise ValueError(f"{self.registered_name} reads the prefix K/V from context.past_key_values; use a backbone that "
                              "returns them (e.g. 'paligemma')")
         if len(kv) != c.depth:
-            raise ValueError(f"{self.name}: the backbone returned K/V for {len(kv)} layers but the expert has depth "
+            raise ValueError(f"{self.registered_name}: the backbone returned K/V for {len(kv)} layers but the expert has depth "
                              f"{c.depth}; expert layer i attends to prefix layer i")
         k = kv[0][0]
         if k.dim() != 4 or k.shape[1] != c.num_kv_heads or k.shape[3] != c.head_dim:
-            raise ValueError(f"{self.name}: prefix keys have shape {tuple(k.shape)}; expected (B, {c.num_kv_heads}, P, "
+            raise ValueError(f"{self.registered_name}: prefix keys have shape {tuple(k.shape)}; expected (B, {c.num_kv_heads}, P, "
                              f"{c.head_dim}) (num_kv_heads, head_dim)")
         return tuple(kv)
 
@@ -215,7 +213,7 @@ class ExpertFlowHead(ActionHead):
         c = self.config
         action = batch[ACTION]
         if action.shape[1] != c.horizon:
-            raise ValueError(f"batch key {ACTION!r}: {self.name} needs the full chunk of {c.horizon} steps, "
+            raise ValueError(f"batch key {ACTION!r}: {self.registered_name} needs the full chunk of {c.horizon} steps, "
                              f"received {action.shape[1]}")
         target = self._pad(action.float(), c.max_action_dim)
         bsz = target.shape[0]

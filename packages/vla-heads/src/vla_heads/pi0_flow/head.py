@@ -54,7 +54,6 @@ class Pi0FlowHead(ExpertFlowHead):
     """
 
     config_class = Pi0FlowConfig
-    name = "pi0_flow"
 
     def __init__(self, config: Pi0FlowConfig) -> None:
         super().__init__(config)
