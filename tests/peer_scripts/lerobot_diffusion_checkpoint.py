@@ -83,7 +83,7 @@ def randomize(policy: DiffusionPolicy, g: torch.Generator) -> None:
     """Random weights everywhere, BatchNorm running statistics and GroupNorm affines included."""
     with torch.no_grad():
         for name, t in policy.state_dict().items():
-            if name.endswith("pos_grid") or name.endswith("num_batches_tracked"):
+            if name.endswith(("pos_grid", "num_batches_tracked")):
                 continue
             if name.endswith("running_var"):
                 t.copy_(torch.rand(t.shape, generator=g) + 0.5)
