@@ -208,7 +208,7 @@ def diffusion_cases(draw) -> dict[str, Any]:
     levels = draw(st.integers(1, 3))
     groups = draw(st.sampled_from([1, 2, 4, 8]))
     down_dims = [draw(st.sampled_from([8, 16, 24])) * (2**i) for i in range(levels)]
-    horizon = (2**levels) * draw(st.integers(1, 2))
+    horizon = (2**levels) * draw(st.integers(2, 3))  # >= n_obs_steps
     scheduler = draw(st.sampled_from(["DDPM", "DDIM"]))
     schedules = ["linear", "scaled_linear", "squaredcos_cap_v2"] + (["sigmoid"] if scheduler == "DDPM" else [])
     # LeRobot's shape probe runs BatchNorm in training mode: layer4 must give more than 1x1
