@@ -284,7 +284,8 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         leaves no partial file (nor ``directory`` itself, when this call created it)."""
         directory = Path(directory)
         created = not directory.exists()
-        text = json.dumps({"type": self.registered_name, **self.config_to_save()}, indent=2, sort_keys=True)
+        # insertion order, not sorted: the order of the features is the order of the cameras
+        text = json.dumps({"type": self.registered_name, **self.config_to_save()}, indent=2)
         try:
             directory.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=".saving-", dir=directory) as tmp:
