@@ -40,17 +40,18 @@ def flow_dir(tmp_path_factory):
     return _train(tmp, head, 3)
 
 
-@pytest.mark.parametrize("mode, delay, boundaries", [
-    ("sync", 0, 3),   # chunks start at steps 0, 3, 6, 9
-    ("sync", 2, 1),   # 3 actions, hold 2, the next chunk starts at step 5; the one after would at 10
-    ("async", 0, 3),  # a new chunk every 3 steps, used at once
-    ("async", 2, 2),  # inference at rows 3 (steps 3, 6, 9); arrivals at steps 5 and 8
-    ("async", 3, 2),  # period max(3, 3) = 3, arrivals at steps 6 and 9
+@pytest.mark.parametrize("mode, delay, boundaries, executed", [
+    ("sync", 0, 3, 10),   # chunks start at steps 0, 3, 6, 9
+    ("sync", 2, 1, 6),    # 3 actions, hold 2, the next chunk starts at step 5; the one after would at 10
+    ("async", 0, 3, 10),  # a new chunk every 3 steps, used at once
+    ("async", 2, 2, 10),  # inference at rows 3 (steps 3, 6, 9); arrivals at steps 5 and 8
+    ("async", 3, 2, 10),  # period max(3, 3) = 3, arrivals at steps 6 and 9
 ])
-def test_boundaries_fall_where_the_schedule_puts_them(mlp_dir, mode, delay, boundaries):
+def test_boundaries_fall_where_the_schedule_puts_them(mlp_dir, mode, delay, boundaries, executed):
     policy, make_env = load_policy(mlp_dir), load_eval_env_factory(mlp_dir)
-    success, jumps = timed_rollout(policy, make_env(4, 0), delay=delay, mode=mode)
+    success, jumps, within = timed_rollout(policy, make_env(4, 0), delay=delay, mode=mode)
     assert success.shape == (4,) and len(jumps) == boundaries and all(j.shape == (4,) for j in jumps)
+    assert len(jumps) + len(within) == executed - 1  # every executed action after the first is one or the other
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -58,7 +59,7 @@ def test_zero_delay_is_the_plain_closed_loop(mlp_dir, mode):
     """A deterministic head without delay: both schedules execute what select_action executes."""
     policy, make_env = load_policy(mlp_dir), load_eval_env_factory(mlp_dir)
     want, _ = rollout(policy, make_env(8, 5))
-    got, _ = timed_rollout(policy, make_env(8, 5), delay=0, mode=mode)
+    got, _, _ = timed_rollout(policy, make_env(8, 5), delay=0, mode=mode)
     np.testing.assert_array_equal(got, want)
     env = make_env(8, 5)
     timed_rollout(policy, env, delay=0, mode=mode)
@@ -69,8 +70,8 @@ def test_zero_delay_is_the_plain_closed_loop(mlp_dir, mode):
 
 def test_rtc_lowers_the_boundary_jump(flow_dir):
     policy, make_env = load_policy(flow_dir), load_eval_env_factory(flow_dir)
-    _, naive = timed_rollout(policy, make_env(16, 1), delay=2, mode="async", seed=3)
-    _, rtc = timed_rollout(policy, make_env(16, 1), delay=2, mode="async", rtc=True, seed=3)
+    _, naive, _ = timed_rollout(policy, make_env(16, 1), delay=2, mode="async", seed=3)
+    _, rtc, _ = timed_rollout(policy, make_env(16, 1), delay=2, mode="async", rtc=True, seed=3)
     assert len(naive) == len(rtc) > 0
     assert np.concatenate(rtc).mean() < np.concatenate(naive).mean()
 

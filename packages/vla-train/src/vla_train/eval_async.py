@@ -17,7 +17,7 @@ observation. Three ways to execute (``N`` = ``n_action_steps``, ``H`` = the hori
 
 Reported: success rate and the mean action jump at chunk boundaries (the distance between the last
 action executed from one chunk and the first executed from the next, averaged over boundaries and
-environments).
+environments), and for reference the mean distance between consecutive actions of one chunk.
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ def chunk_schedule(policy: Policy, delay: int, mode: str) -> int:
 
 @torch.no_grad()
 def timed_rollout(policy: Policy, env, *, delay: int, mode: str = "async", rtc: bool = False,
-                  seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
-    """One batch of episodes with a ``delay``-step policy; returns success (N,) bool and the boundary
-    jumps, one (N,) array per chunk boundary."""
+                  seed: int = 0) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """One batch of episodes with a ``delay``-step policy; returns success (N,) bool, the boundary jumps
+    (one (N,) array per chunk boundary) and the steps between consecutive actions of one chunk (one (N,)
+    array per step), for reference."""
     if rtc and mode != "async":
         raise ConfigError("--rtc: real-time chunking applies to asynchronous execution; add --async")
     period = chunk_schedule(policy, delay, mode)
@@ -70,6 +71,7 @@ def timed_rollout(policy: Policy, env, *, delay: int, mode: str = "async", rtc: 
     last: torch.Tensor | None = None
     switched = False
     jumps: list[np.ndarray] = []
+    within: list[np.ndarray] = []
 
     def act(action: torch.Tensor) -> bool:
         nonlocal obs, success, steps
@@ -86,8 +88,8 @@ def timed_rollout(policy: Policy, env, *, delay: int, mode: str = "async", rtc: 
             if delay == 0:
                 chunk, pending, row, switched = pending, None, 0, True
         action = chunk[:, row]
-        if switched and last is not None:
-            jumps.append((action - last).norm(dim=-1).cpu().numpy())
+        if last is not None:
+            (jumps if switched else within).append((action - last).norm(dim=-1).cpu().numpy())
         last, switched, row = action, False, row + 1
         if act(action):
             break
@@ -99,7 +101,7 @@ def timed_rollout(policy: Policy, env, *, delay: int, mode: str = "async", rtc: 
             if done:
                 break
             chunk, row, switched = policy.predict_action_chunk(obs, generator=generator), 0, True
-    return success, jumps
+    return success, jumps, within
 
 
 def evaluate_async(path: str | Path, *, episodes: int, inference_delay: int, asynchronous: bool = True,
@@ -110,18 +112,20 @@ def evaluate_async(path: str | Path, *, episodes: int, inference_delay: int, asy
     make_env = load_eval_env_factory(policy_dir)
     policy = load_policy(policy_dir)
     mode = "async" if asynchronous else "sync"
-    successes, jumps, done = [], [], 0
+    successes, jumps, within, done = [], [], [], 0
     while done < episodes:
         n = min(batch_size, episodes - done)
-        success, boundary = timed_rollout(policy, make_env(n, seed + done), delay=inference_delay, mode=mode,
+        success, boundary, steps = timed_rollout(policy, make_env(n, seed + done), delay=inference_delay, mode=mode,
                                           rtc=rtc, seed=seed + done)
         successes.append(success)
         jumps.extend(boundary)
+        within.extend(steps)
         done += n
     success = np.concatenate(successes)
     all_jumps = np.concatenate(jumps) if jumps else np.zeros(0)
     out = {"episodes": int(episodes), "mode": mode, "rtc": rtc, "inference_delay": inference_delay,
            "success_rate": float(success.mean()), "mean_boundary_jump": float(all_jumps.mean()) if jumps else 0.0,
-           "boundaries": len(all_jumps), "seed": seed, "policy": str(policy_dir)}
+           "boundaries": len(all_jumps), "mean_step_within_chunks": float(np.concatenate(within).mean()) if within else 0.0,
+           "seed": seed, "policy": str(policy_dir)}
     (policy_dir / "eval_async.json").write_text(json.dumps(out, indent=2))
     return out
