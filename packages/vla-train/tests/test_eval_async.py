@@ -99,3 +99,15 @@ def test_vla_eval_async_command(flow_dir, capsys):
     assert main(["eval", str(flow_dir), "--rtc", "--inference-delay", "1"]) == 2  # --rtc needs --async
     assert "--rtc: real-time chunking applies to asynchronous execution" in capsys.readouterr().err
     assert result["boundaries"] > 0 and 0.0 <= result["success_rate"] <= 1.0
+
+
+def test_toy_flow_config_builds_a_policy_with_rtc():
+    from pathlib import Path
+
+    from vla_core import build_policy
+    from vla_train.data import build_dataset
+    from vla_train.trainer import policy_spec
+
+    config = load_config(Path(__file__).resolve().parents[3] / "configs" / "toy_flow.yaml")
+    policy = build_policy(policy_spec(config, build_dataset(config.data)))
+    assert policy.supports_rtc and policy.horizon == 10 and policy.n_action_steps == 5
