@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from vla_core.actions import ActionQueue, TemporalEnsembler
 from vla_core.checkpoint import atomic_write, load_checkpoint, save_safetensors
+from vla_core.compiled import COMPILE_MODES, CompiledSampler, compile_sampler
 from vla_core.config import ComponentConfig
 from vla_core.errors import CheckpointWriteError, ConfigError
 from vla_core.features import ACTION, FeatureType, PolicyFeature, parse_features, prepare_batch
@@ -116,6 +117,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
     horizon: int
     # The dtype FSDP's mixed precision computes in (set by vla_core.parallel.apply_fsdp2), else None.
     mixed_precision_dtype: torch.dtype | None = None
+    COMPILE_MODES: ClassVar[tuple[str, ...]] = COMPILE_MODES  # what compile(mode=...) takes (None = "default")
 
     def __init__(self, config: BasePolicyConfig | Mapping[str, Any]) -> None:
         super().__init__()
@@ -127,6 +129,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         self.normalizer = Normalizer({**self.input_features, **self.output_features}, config.normalization)
         self._selection: tuple[ActionQueue, TemporalEnsembler | None] | None = None
         self._obs_history: dict[str, collections.deque] = {}
+        self._compiled: CompiledSampler | None = None
 
     # ----------------------------------------------------------------- what subclasses implement
     @abc.abstractmethod
@@ -196,8 +199,38 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
             want = (bsz, self.horizon, self.action_dim)
             if tuple(noise.shape) != want:
                 raise ValueError(f"noise: expected shape {want}, received {tuple(noise.shape)}")
-        chunk = self.sample_chunk(self.normalizer.normalize_batch(batch), noise=noise, generator=generator)
+        sample = self.sample_chunk if self._compiled is None else self._compiled
+        chunk = sample(self.normalizer.normalize_batch(batch), noise=noise, generator=generator)
+        if self._compiled is not None and self._compiled.dtype is not None:
+            chunk = chunk.float()  # unnormalized in float32 (the stats are float32)
         return self.normalizer.unnormalize(ACTION, chunk)
+
+    # ----------------------------------------------------------------- compiled inference
+    def compile(  # overrides nn.Module.compile on purpose: a policy compiles its inference path
+        self,
+        mode: str | None = None,
+        *,
+        backend: str | Any = "inductor",
+        dtype: torch.dtype | None = None,
+        fullgraph: bool = False,
+    ) -> Policy:
+        """Compile the inference path (``sample_chunk``: backbone, projector and the whole sampling loop)
+        with ``torch.compile`` (static shapes); ``predict_action_chunk`` and ``select_action`` use it from
+        now on. Returns ``self``. Training (``forward``) stays eager: this is not ``nn.Module.compile``.
+
+        ``mode``: one of :data:`COMPILE_MODES` (None = ``"default"``); ``"reduce-overhead"`` captures CUDA
+        graphs on a CUDA device and falls back to ``"default"`` with a warning elsewhere. ``backend``: a
+        ``torch.compile`` backend name or callable. ``dtype``: cast the weights to it in place (e.g.
+        ``torch.bfloat16``; normalization stats stay float32) and run under autocast; the chunk comes back
+        float32. Calling ``compile`` again replaces the previous compilation. See :mod:`vla_core.compiled`.
+        """
+        self._compiled = compile_sampler(self, mode, backend=backend, dtype=dtype, fullgraph=fullgraph)
+        return self
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether :meth:`compile` was called (``predict_action_chunk`` runs the compiled path)."""
+        return self._compiled is not None
 
     # ----------------------------------------------------------------- one action per control step
     def _action_selection(self) -> tuple[ActionQueue, TemporalEnsembler | None]:
