@@ -27,7 +27,8 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from vla_train.eval import evaluate
 
-    result = evaluate(args.path, episodes=args.episodes, seed=args.seed, save_video=args.save_video)
+    result = evaluate(args.path, episodes=args.episodes, seed=args.seed, save_video=args.save_video,
+                      compile_mode=args.compile)
     print(f"eval.json: {result['policy']}/eval.json")
     print(f"success_rate: {result['success_rate']:.3f}")
     return 0
@@ -37,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     from vla_train.serve import serve
 
     serve(args.path, host=args.host, port=args.port, device=args.device, api_key_env=args.api_key_env,
-          obs_map=args.obs_map)
+          obs_map=args.obs_map, compile_mode=args.compile)
     return 0
 
 
@@ -64,6 +65,14 @@ def _export_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compile(parser: argparse.ArgumentParser) -> None:
+    from vla_core import COMPILE_MODES
+
+    parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
+                        help=f"compile the policy's inference path (Policy.compile); MODE: {', '.join(COMPILE_MODES)} "
+                             "(default: default; reduce-overhead captures CUDA graphs on a GPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla", description="Train, evaluate and convert vla policies.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, default=50)
     ev.add_argument("--seed", type=int, default=100_000)
     ev.add_argument("--save-video", action="store_true", help="write eval.gif and eval.png of one episode")
+    _add_compile(ev)
     ev.set_defaults(func=_eval)
     serve = sub.add_parser("serve", help="serve a policy over the openpi websocket protocol (openpi-client)")
     serve.add_argument("path", help="a run directory or a pretrained policy directory")
@@ -89,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key-env", metavar="NAME", help="require the API key held by this environment variable")
     serve.add_argument("--obs-map", metavar="JSON_OR_FILE",
                        help='client key -> policy feature, e.g. \'{"observation/image": "observation.images.top"}\'')
+    _add_compile(serve)
     serve.set_defaults(func=_serve)
     info = sub.add_parser("info", help="config, parameter counts and normalization stats of a policy")
     info.add_argument("path")

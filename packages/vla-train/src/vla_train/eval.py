@@ -52,8 +52,11 @@ def rollout(policy: Policy, env, *, record: bool = False) -> tuple[np.ndarray, l
 
 
 def evaluate(path: str | Path, *, episodes: int, seed: int = 100_000, batch_size: int = 50,
-             save_video: bool = False) -> dict[str, Any]:
-    """Success rate over ``episodes`` closed-loop episodes; writes eval.json next to the policy."""
+             save_video: bool = False, compile_mode: str | None = None) -> dict[str, Any]:
+    """Success rate over ``episodes`` closed-loop episodes; writes eval.json next to the policy.
+
+    ``compile_mode`` (a :data:`vla_core.COMPILE_MODES` name): run the policy compiled
+    (:meth:`vla_core.Policy.compile`); None runs it eager."""
     policy_dir = resolve_policy_dir(path)
     spec_path = policy_dir / "train_config.yaml"
     if not spec_path.is_file():
@@ -66,6 +69,8 @@ def evaluate(path: str | Path, *, episodes: int, seed: int = 100_000, batch_size
     if not hasattr(dataset, "make_env"):
         raise ValueError(f"dataset type {data_spec['type']!r} has no closed-loop environment to evaluate in")
     policy = load_policy(policy_dir)
+    if compile_mode is not None:
+        policy.compile(compile_mode)
     results, frames = [], []
     done = 0
     while done < episodes:
