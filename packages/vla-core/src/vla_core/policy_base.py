@@ -9,6 +9,9 @@ on normalized batches:
 - ``compute_loss(nbatch) -> HeadOutput`` (training), and
 - ``sample_chunk(nbatch, *, noise, generator) -> Tensor`` (B, H, A), normalized actions.
 
+``compile(mode, backend=, dtype=)`` swaps ``sample_chunk`` for a ``torch.compile``-d one (CUDA graphs,
+bf16 weights optional; :mod:`vla_core.compiled`) behind ``predict_action_chunk``.
+
 Policies register under names in ``POLICIES`` (entry-point group ``vla.policies``); the generic
 :class:`~vla_core.policy.VLAPolicy` is ``"vla"``. ``config.json`` records the name, so
 :func:`load_policy` rebuilds any registered policy from a saved directory.
