@@ -46,3 +46,24 @@ def test_gpu_latency_refuses_cuda_without_a_gpu_and_unknown_families():
         proc = subprocess.run([sys.executable, str(SCRIPT), *argv], check=False, capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_full_size_configs_build_on_the_meta_device(tmp_path):
+    """The full-size policies the GPU run builds are wired correctly (no weights allocated here)."""
+    import importlib.util
+
+    import torch
+    from vla_core import VLAPolicy
+
+    spec = importlib.util.spec_from_file_location("gpu_latency", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    millions = {}
+    for family in FAMILIES:
+        with torch.device("meta"):
+            policy = VLAPolicy(module.policy_config(family, False, tmp_path))
+        millions[family] = sum(p.numel() for p in policy.parameters()) / 1e6
+    # ACT ~52 M, Diffusion Policy (PushT) ~263 M, GR00T N1.5 with its LLM cut at layer 12 ~2.4 B, pi0 ~3.2 B
+    expected = {"act": 51.6, "diffusion_ddim10": 262.7, "groot_n15": 2398.3, "pi0": 3238.0}
+    assert millions == pytest.approx(expected, rel=1e-3), millions
