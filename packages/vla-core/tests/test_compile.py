@@ -123,3 +123,7 @@ def test_bf16_casts_weights_keeps_float32_stats_and_returns_float32():
     assert got.dtype == torch.float32
     assert not torch.equal(got, want)  # it really ran in bf16 ...
     torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)  # ... to bf16's precision
+    policy.compile(backend="eager")  # compiling again keeps the bf16 weights, their autocast and float32 out
+    again = policy.predict_action_chunk(batch)
+    assert again.dtype == torch.float32
+    torch.testing.assert_close(again, got, rtol=0, atol=0)

@@ -96,7 +96,8 @@ def compile_sampler(
 ) -> CompiledSampler:
     """A :class:`CompiledSampler` of ``policy.sample_chunk`` (see the module docstring).
 
-    Checks every argument before anything changes; ``dtype`` then casts the weights in place.
+    Checks every argument before anything changes; ``dtype`` then casts the weights in place. Without
+    ``dtype``, weights already in a lower precision (an earlier ``compile(dtype=...)``) run under its autocast.
     """
     mode = "default" if mode is None else mode
     if mode not in COMPILE_MODES:
@@ -117,6 +118,9 @@ def compile_sampler(
         mode, cuda_graphs = fallback, False
     if dtype is not None:
         cast_weights(policy, dtype)
+    else:  # weights cast before (an earlier compile(dtype=...)) keep their dtype and its autocast
+        dtypes = {p.dtype for p in policy.parameters() if p.is_floating_point()}
+        dtype = dtypes.pop() if dtypes in ({torch.bfloat16}, {torch.float16}) else None
     fn = torch.compile(policy.sample_chunk, backend=backend, mode=None if mode == "default" else mode,
                        fullgraph=fullgraph, dynamic=False)
     return CompiledSampler(fn=fn, mode=mode, backend=backend, dtype=dtype, device_type=device.type,
