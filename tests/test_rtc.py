@@ -188,3 +188,22 @@ def test_pi0_field_reproduces_pi0_euler_bit_for_bit(tmp_path):
         state_tok = head.state_token(nbatch, suffix[0].dtype)
         want = euler_sample(lambda x, t: head.velocity(x, t, state_tok, kv, suffix), field.noise, field.steps)
         assert torch.equal(field.integrate(), want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone,head", FLOW_PAIRS, ids=[h for _, h in FLOW_PAIRS])
+def test_compiled_policy_keeps_rtc(backbone, head, tmp_path):
+    """``Policy.compile`` and RTC together: the compiled sampler takes the guide and gives eager's chunk."""
+    torch.manual_seed(0)
+    config = tiny_policy_config(backbone, head, tmp_path)
+    config["head"]["horizon"] = 8
+    if head == "dit_flow_matching":
+        config["head"]["max_seq_len"] = 16
+    policy = set_random_stats(VLAPolicy(config)).eval()
+    batch = policy_batch(policy, 2, seed=1)
+    prefix = policy.predict_action_chunk(batch, noise=_noise(policy, 2, 0))[:, 3:]
+    eager = policy.predict_action_chunk(batch, noise=_noise(policy, 2, 1), prefix=prefix, delay=2)
+    policy.compile(backend="aot_eager")
+    compiled = policy.predict_action_chunk(batch, noise=_noise(policy, 2, 1), prefix=prefix, delay=2)
+    assert torch.equal(compiled[:, :2], prefix[:, :2])
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ from vla_core.checkpoint import (
     load_tensors,
     save_safetensors,
 )
+from vla_core.compiled import COMPILE_MODES
 from vla_core.config import ComponentConfig
 from vla_core.errors import (
     CheckpointError,
@@ -67,6 +68,7 @@ __all__ = [
     "ACTION",
     "ACTION_IS_PAD",
     "BACKBONES",
+    "COMPILE_MODES",
     "EMBODIMENT_ID",
     "HEADS",
     "OBS_ENV_STATE",

@@ -9,6 +9,9 @@ on normalized batches:
 - ``compute_loss(nbatch) -> HeadOutput`` (training), and
 - ``sample_chunk(nbatch, *, noise, generator) -> Tensor`` (B, H, A), normalized actions.
 
+``compile(mode, backend=, dtype=)`` swaps ``sample_chunk`` for a ``torch.compile``-d one (CUDA graphs,
+bf16 weights optional; :mod:`vla_core.compiled`) behind ``predict_action_chunk``.
+
 Policies register under names in ``POLICIES`` (entry-point group ``vla.policies``); the generic
 :class:`~vla_core.policy.VLAPolicy` is ``"vla"``. ``config.json`` records the name, so
 :func:`load_policy` rebuilds any registered policy from a saved directory.
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 
 from vla_core.actions import ActionQueue, TemporalEnsembler
 from vla_core.checkpoint import atomic_write, load_checkpoint, save_safetensors
+from vla_core.compiled import COMPILE_MODES, CompiledSampler, compile_sampler
 from vla_core.config import ComponentConfig
 from vla_core.errors import CheckpointWriteError, ConfigError
 from vla_core.features import ACTION, FeatureType, PolicyFeature, parse_features, prepare_batch
@@ -118,6 +122,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
     horizon: int
     # The dtype FSDP's mixed precision computes in (set by vla_core.parallel.apply_fsdp2), else None.
     mixed_precision_dtype: torch.dtype | None = None
+    COMPILE_MODES: ClassVar[tuple[str, ...]] = COMPILE_MODES  # what compile(mode=...) takes (None = "default")
 
     def __init__(self, config: BasePolicyConfig | Mapping[str, Any]) -> None:
         super().__init__()
@@ -129,6 +134,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         self.normalizer = Normalizer({**self.input_features, **self.output_features}, config.normalization)
         self._selection: tuple[ActionQueue, TemporalEnsembler | None] | None = None
         self._obs_history: dict[str, collections.deque] = {}
+        self._compiled: CompiledSampler | None = None
 
     # ----------------------------------------------------------------- what subclasses implement
     @abc.abstractmethod
@@ -224,11 +230,10 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         if prefix is None:
             if delay != 0:
                 raise ValueError(f"delay: {delay!r} needs a prefix (the previous chunk's actions); received prefix=None")
-            return self.normalizer.unnormalize(ACTION, self.sample_chunk(nbatch, noise=noise, generator=generator))
+            return self._sample(nbatch, noise=noise, generator=generator)
         prefix = self._rtc_prefix(prefix, bsz, delay)
         guide = RTCGuide(self.normalizer.normalize(ACTION, prefix), delay, self.horizon)
-        chunk = self.normalizer.unnormalize(ACTION, self.sample_chunk(nbatch, noise=noise, generator=generator,
-                                                                      guide=guide))
+        chunk = self._sample(nbatch, noise=noise, generator=generator, guide=guide)
         chunk[:, :delay] = prefix[:, :delay].to(chunk)  # exact in robot units, not only after a normalize round trip
         return chunk
 
@@ -251,6 +256,41 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         check_prefix(prefix, delay, self.horizon, self.action_dim)
         device = next(itertools.chain(self.parameters(), self.buffers()), torch.empty(0)).device
         return prefix.to(device=device, dtype=self.compute_dtype)
+
+    def _sample(self, nbatch: Batch, **kwargs: Any) -> Tensor:
+        """``sample_chunk`` (compiled when :meth:`compile` was called), unnormalized to robot units."""
+        sample = self.sample_chunk if self._compiled is None else self._compiled
+        chunk = sample(nbatch, **kwargs)
+        if self._compiled is not None and self._compiled.dtype is not None:
+            chunk = chunk.float()  # unnormalized in float32 (the stats are float32)
+        return self.normalizer.unnormalize(ACTION, chunk)
+
+    # ----------------------------------------------------------------- compiled inference
+    def compile(  # overrides nn.Module.compile on purpose: a policy compiles its inference path
+        self,
+        mode: str | None = None,
+        *,
+        backend: str | Any = "inductor",
+        dtype: torch.dtype | None = None,
+        fullgraph: bool = False,
+    ) -> Policy:
+        """Compile the inference path (``sample_chunk``: backbone, projector and the whole sampling loop)
+        with ``torch.compile`` (static shapes); ``predict_action_chunk`` and ``select_action`` use it from
+        now on. Returns ``self``. Training (``forward``) stays eager: this is not ``nn.Module.compile``.
+
+        ``mode``: one of :data:`COMPILE_MODES` (None = ``"default"``); ``"reduce-overhead"`` captures CUDA
+        graphs on a CUDA device and falls back to ``"default"`` with a warning elsewhere. ``backend``: a
+        ``torch.compile`` backend name or callable. ``dtype``: cast the weights to it in place (e.g.
+        ``torch.bfloat16``; normalization stats stay float32) and run under autocast; the chunk comes back
+        float32. Calling ``compile`` again replaces the previous compilation. See :mod:`vla_core.compiled`.
+        """
+        self._compiled = compile_sampler(self, mode, backend=backend, dtype=dtype, fullgraph=fullgraph)
+        return self
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether :meth:`compile` was called (``predict_action_chunk`` runs the compiled path)."""
+        return self._compiled is not None
 
     # ----------------------------------------------------------------- one action per control step
     def _action_selection(self) -> tuple[ActionQueue, TemporalEnsembler | None]:

@@ -15,8 +15,8 @@ for every trainable parameter the loss reaches), reproducible ``predict_action_c
 the ``save_pretrained`` / ``from_pretrained`` round trip, one training step under activation
 checkpointing and FSDP2 ``fully_shard`` on a 1-rank gloo group (equal to the plain step; every
 checkpointed unit called as a module and recomputed), inference on the sharded policy, one step under
-bf16 autocast, ``torch.compile`` of the inference path equal to eager, and real-time chunking
-(:func:`check_rtc`) for policies that support it (flow-matching heads).
+bf16 autocast, ``Policy.compile`` of the inference path equal to eager without recompiling, and
+real-time chunking (:func:`check_rtc`) for policies that support it (flow-matching heads).
 """
 
 from __future__ import annotations
@@ -378,18 +378,34 @@ def check_bf16_autocast(policy: nn.Module, batch: Mapping[str, Any]) -> None:
 
 
 def check_compiled_inference(
-    policy: nn.Module, batch: Mapping[str, Any], *, atol: float = 1e-5, backend: str = "inductor"
+    policy: nn.Module,
+    batch: Mapping[str, Any],
+    *,
+    atol: float = 1e-5,
+    backend: str | Callable[..., Any] = "inductor",
+    mode: str | None = None,
+    calls: int = 3,
 ) -> None:
-    """``torch.compile`` of ``predict_action_chunk`` equals eager (fp32, within ``atol``).
+    """``policy.compile(mode, backend=backend)`` gives eager's chunk (fp32, within ``atol``) and never
+    recompiles: after the first call, ``calls - 1`` more with the same shapes (other noise) run under
+    ``torch.compiler.set_stance("fail_on_recompile")``, which raises if a guard fails.
 
+    Resets torch's compile caches first (``torch.compiler.reset()``), so earlier compilations in the
+    process cannot push this policy past the recompile limit (where Dynamo would silently run eager).
     ``backend="inductor"`` (the default) generates and runs kernels; ``"aot_eager"`` checks what Dynamo
-    and AOTAutograd trace (graph breaks, functionalization) in a fraction of the time.
+    and AOTAutograd trace (graph breaks, functionalization) in a fraction of the time. The policy stays
+    compiled afterwards.
     """
     policy.eval()
-    expected = _predict(policy, batch)
-    compiled = torch.compile(policy.predict_action_chunk, backend=backend)
-    torch.testing.assert_close(_predict(policy, batch, fn=compiled), expected, rtol=1e-5, atol=atol,
+    expected = [_predict(policy, batch, seed=seed) for seed in range(1, calls + 1)]
+    torch.compiler.reset()
+    assert policy.compile(mode, backend=backend) is policy and policy.is_compiled
+    torch.testing.assert_close(_predict(policy, batch, seed=1), expected[0], rtol=1e-5, atol=atol,
                                msg="compiled predict_action_chunk differs from eager")
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for seed in range(2, calls + 1):
+            torch.testing.assert_close(_predict(policy, batch, seed=seed), expected[seed - 1], rtol=1e-5,
+                                       atol=atol, msg=f"compiled predict_action_chunk differs from eager (call {seed})")
 
 
 def check_rtc(policy: nn.Module, batch: Mapping[str, Any], *, delay: int = 1) -> None:

@@ -33,12 +33,14 @@ def _eval(args: argparse.Namespace) -> int:
         if args.save_video:
             raise ConfigError("--save-video: not available with --async / --inference-delay / --rtc")
         result = evaluate_async(args.path, episodes=args.episodes, seed=args.seed, inference_delay=args.inference_delay or 0,
-                                asynchronous=args.asynchronous, rtc=args.rtc)
+                                asynchronous=args.asynchronous, rtc=args.rtc,
+                                compile_mode=args.compile)
         print(f"eval_async.json: {result['policy']}/eval_async.json")
         print(f"mean_boundary_jump: {result['mean_boundary_jump']:.4f}")
         print(f"success_rate: {result['success_rate']:.3f}")
         return 0
-    result = evaluate(args.path, episodes=args.episodes, seed=args.seed, save_video=args.save_video)
+    result = evaluate(args.path, episodes=args.episodes, seed=args.seed, save_video=args.save_video,
+                      compile_mode=args.compile)
     print(f"eval.json: {result['policy']}/eval.json")
     print(f"success_rate: {result['success_rate']:.3f}")
     return 0
@@ -48,7 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
     from vla_train.serve import serve
 
     serve(args.path, host=args.host, port=args.port, device=args.device, api_key_env=args.api_key_env,
-          obs_map=args.obs_map)
+          obs_map=args.obs_map, compile_mode=args.compile)
     return 0
 
 
@@ -75,6 +77,14 @@ def _export_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compile(parser: argparse.ArgumentParser) -> None:
+    from vla_core import COMPILE_MODES
+
+    parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
+                        help=f"compile the policy's inference path (Policy.compile); MODE: {', '.join(COMPILE_MODES)} "
+                             "(default: default; reduce-overhead captures CUDA graphs on a GPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla", description="Train, evaluate and convert vla policies.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--async", dest="asynchronous", action="store_true",
                     help="keep executing the current chunk while the next one is computed")
     ev.add_argument("--rtc", action="store_true", help="with --async: real-time chunking (flow-matching heads)")
+    _add_compile(ev)
     ev.set_defaults(func=_eval)
     serve = sub.add_parser("serve", help="serve a policy over the openpi websocket protocol (openpi-client)")
     serve.add_argument("path", help="a run directory or a pretrained policy directory")
@@ -105,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key-env", metavar="NAME", help="require the API key held by this environment variable")
     serve.add_argument("--obs-map", metavar="JSON_OR_FILE",
                        help='client key -> policy feature, e.g. \'{"observation/image": "observation.images.top"}\'')
+    _add_compile(serve)
     serve.set_defaults(func=_serve)
     info = sub.add_parser("info", help="config, parameter counts and normalization stats of a policy")
     info.add_argument("path")

@@ -68,11 +68,16 @@ def load_eval_env_factory(policy_dir: Path) -> Callable[[int, int], Any]:
 
 
 def evaluate(path: str | Path, *, episodes: int, seed: int = 100_000, batch_size: int = 50,
-             save_video: bool = False) -> dict[str, Any]:
-    """Success rate over ``episodes`` closed-loop episodes; writes eval.json next to the policy."""
+             save_video: bool = False, compile_mode: str | None = None) -> dict[str, Any]:
+    """Success rate over ``episodes`` closed-loop episodes; writes eval.json next to the policy.
+
+    ``compile_mode`` (a :data:`vla_core.COMPILE_MODES` name): run the policy compiled
+    (:meth:`vla_core.Policy.compile`); None runs it eager."""
     policy_dir = resolve_policy_dir(path)
     make_env = load_eval_env_factory(policy_dir)
     policy = load_policy(policy_dir)
+    if compile_mode is not None:
+        policy.compile(compile_mode)
     results, frames = [], []
     done = 0
     while done < episodes:

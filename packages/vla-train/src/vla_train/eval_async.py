@@ -105,12 +105,15 @@ def timed_rollout(policy: Policy, env, *, delay: int, mode: str = "async", rtc: 
 
 
 def evaluate_async(path: str | Path, *, episodes: int, inference_delay: int, asynchronous: bool = True,
-                   rtc: bool = False, seed: int = 100_000, batch_size: int = 50) -> dict[str, Any]:
+                   rtc: bool = False, seed: int = 100_000, batch_size: int = 50,
+                   compile_mode: str | None = None) -> dict[str, Any]:
     """Success rate and mean boundary jump over ``episodes`` episodes with a simulated inference delay;
-    writes ``eval_async.json`` next to the policy."""
+    writes ``eval_async.json`` next to the policy. ``compile_mode``: as in :func:`vla_train.eval.evaluate`."""
     policy_dir = resolve_policy_dir(path)
     make_env = load_eval_env_factory(policy_dir)
     policy = load_policy(policy_dir)
+    if compile_mode is not None:
+        policy.compile(compile_mode)
     mode = "async" if asynchronous else "sync"
     successes, jumps, within, done = [], [], [], 0
     while done < episodes:

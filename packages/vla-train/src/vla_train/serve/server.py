@@ -147,7 +147,7 @@ class PolicyServer:
         self.max_message_bytes = max_message_bytes
         self._api_key = api_key
         self.metadata = policy_metadata(policy, self.obs_map, max_message_bytes=max_message_bytes,
-                                        device=str(self.device))
+                                        device=str(self.device), compiled=policy.is_compiled)
         self.stats = ServerStats()
         self._session_ids = itertools.count()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -157,11 +157,16 @@ class PolicyServer:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_path(cls, path: str | Path, *, device: str = "auto", **kwargs: Any) -> PolicyServer:
-        """A server for a run directory (its ``pretrained/``) or a policy directory."""
+    def from_path(cls, path: str | Path, *, device: str = "auto", compile_mode: str | None = None,
+                  **kwargs: Any) -> PolicyServer:
+        """A server for a run directory (its ``pretrained/``) or a policy directory; ``compile_mode``
+        (a :data:`vla_core.COMPILE_MODES` name) serves it compiled (:meth:`vla_core.Policy.compile`; the
+        first request of each batch size compiles)."""
         from vla_train.eval import resolve_policy_dir
 
         policy = load_policy(resolve_policy_dir(path)).to(resolve_device(device))
+        if compile_mode is not None:
+            policy.compile(compile_mode)
         return cls(policy, **kwargs)
 
     # ----------------------------------------------------------------- running
@@ -356,19 +361,21 @@ def _authorized(header: str | None, api_key: str) -> bool:
 
 
 def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          api_key_env: str | None = None, obs_map: str | Mapping[str, str] | None = None, **kwargs: Any) -> None:
+          api_key_env: str | None = None, obs_map: str | Mapping[str, str] | None = None,
+          compile_mode: str | None = None, **kwargs: Any) -> None:
     """``vla serve``: load the policy at ``path`` (run or policy directory) and serve it until interrupted.
 
     ``obs_map`` is a mapping, inline JSON or a JSON / YAML file; ``api_key_env`` names the environment
-    variable holding the API key. Prints ``serving PATH on ws://HOST:PORT ...`` once listening.
+    variable holding the API key; ``compile_mode`` serves the policy compiled (see :meth:`from_path`). Prints ``serving PATH on ws://HOST:PORT ...`` once listening.
     """
     if isinstance(obs_map, (str, Path)):
         obs_map = load_obs_map(obs_map)
     server = PolicyServer.from_path(path, device=device, host=host, port=port, api_key=read_api_key(api_key_env),
-                                    obs_map=obs_map, **kwargs)
+                                    obs_map=obs_map, compile_mode=compile_mode, **kwargs)
 
     def ready(s: PolicyServer) -> None:
-        print(f"serving {path} on ws://{s.host}:{s.port} ({s.device}); health check: /healthz", flush=True)
+        compiled = f", compiled: {compile_mode}" if s.policy.is_compiled else ""
+        print(f"serving {path} on ws://{s.host}:{s.port} ({s.device}{compiled}); health check: /healthz", flush=True)
 
     try:
         server.serve_forever(on_ready=ready)
