@@ -51,7 +51,8 @@ def _info(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from vla_train.convert import convert_lerobot
 
-    out = convert_lerobot(args.src, args.dst)
+    options = {k: getattr(args, k) for k in ("base_model", "eagle_config", "tokenizer") if getattr(args, k, None)}
+    out = convert_lerobot(args.src, args.dst, **options)
     print(f"converted {args.src} -> {out}")
     return 0
 
@@ -95,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     convert = sub.add_parser("convert", help="convert a checkpoint, or export the toy task as a LeRobot dataset")
     kinds = convert.add_subparsers(dest="framework", required=True)
-    lerobot = kinds.add_parser("lerobot", help="a LeRobot 0.6.x policy directory (act, diffusion, pi0)")
+    lerobot = kinds.add_parser("lerobot", help="a LeRobot policy directory (0.6.x act, diffusion, pi0; 0.5.1 groot)")
     lerobot.add_argument("src")
     lerobot.add_argument("dst")
+    lerobot.add_argument("--base-model", help="groot: the GR00T base model directory (its config.json)")
+    lerobot.add_argument("--eagle-config", help="groot: Eagle's config.json (or its directory)")
+    lerobot.add_argument("--tokenizer", help="groot: a local Eagle tokenizer directory (for task strings)")
     lerobot.set_defaults(func=_convert)
     toy = kinds.add_parser("toy", help="write the toy task's demonstrations as a LeRobot v3.0 dataset")
     toy.add_argument("dst")
