@@ -13,10 +13,9 @@ import json
 
 import pytest
 import torch
+from groot_peer import BACKBONE, EAGLE, HEAD, POLICY, STATS, GrootPeer
 from safetensors.torch import load_file
 from vla_core import ConfigError, VLAPolicy
-
-from groot_peer import BACKBONE, EAGLE, HEAD, POLICY, STATS, GrootPeer
 
 TOL = 1e-4
 

@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 def _setup_eagle_shims():
     import lerobot.policies.groot.eagle2_hg_model.modeling_eagle2_5_vl as eagle_modeling
-    import lerobot.policies.groot.groot_n1 as groot_n1
+    from lerobot.policies.groot import groot_n1
     from lerobot.policies.groot.eagle2_hg_model.configuration_eagle2_5_vl import Eagle25VLConfig
 
     siglip = eagle_modeling.SiglipVisionModel
@@ -101,7 +101,7 @@ def perturb(module, scale=0.05):
     """Non-trivial norms and biases, so a mis-mapped one shows."""
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if "norm" in name or name.endswith("bias") or name.endswith(".b") or "vlln" in name:
+            if "norm" in name or name.endswith(("bias", ".b")) or "vlln" in name:
                 p.add_(scale * torch.randn_like(p))
 
 
@@ -263,7 +263,7 @@ def main():
         try:
             HANDLERS[req["kind"]](req)
             reply = {"ok": True}
-        except Exception as err:  # reported to the test, which fails with it
+        except Exception as err:  # noqa: BLE001 (reported to the test, which fails with it)
             reply = {"ok": False, "error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-3000:]}
         print(json.dumps(reply), file=proto, flush=True)
 

@@ -73,7 +73,7 @@ class GrootPeer:
         if not reply["ok"]:
             raise RuntimeError(f"GR00T peer failed on {kind}: {reply['error']}\n{reply['trace']}")
 
-    def __enter__(self) -> GrootPeer:
+    def __enter__(self) -> GrootPeer:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
