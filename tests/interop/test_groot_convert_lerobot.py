@@ -26,10 +26,11 @@ def peer(lerobot_051_python, tmp_path_factory):
         yield server
 
 
-def policy_case(peer, tmp_path, **changes):
+def policy_case(peer, tmp_path, finetune=True, **changes):
     """LeRobot's groot policy directory for the tiny spec with ``changes`` (keys: eagle, backbone_cfg,
-    action_head_cfg, policy, stats; each a dict merged one level deep)."""
-    req = {"eagle": copy.deepcopy(EAGLE), "backbone_cfg": dict(BACKBONE), "action_head_cfg": copy.deepcopy(HEAD),
+    action_head_cfg, policy, stats; each a dict merged one level deep) and the base model it was built on
+    (an Isaac-GR00T checkpoint layout); ``finetune=False`` keeps the base model's weights."""
+    req = {"finetune": finetune, "eagle": copy.deepcopy(EAGLE), "backbone_cfg": dict(BACKBONE), "action_head_cfg": copy.deepcopy(HEAD),
            "policy": copy.deepcopy(POLICY), "stats": copy.deepcopy(STATS)}
     for key, value in changes.items():
         req[key].update(value)
@@ -117,3 +118,27 @@ def test_reference_behaviours_vla_cannot_reproduce_are_refused(peer, tmp_path, c
     with pytest.raises(ConfigError, match=match):
         convert_lerobot(out, tmp_path / "ours", base_model=base, eagle_config=peer.home / POLICY["tokenizer_assets_repo"])
     assert not (tmp_path / "ours").exists()
+
+
+@pytest.mark.peer
+def test_isaac_groot_checkpoint_converts_with_equal_actions(peer, tmp_path):
+    """The base model LeRobot loads is an Isaac-GR00T checkpoint (GR00TN15.save_pretrained layout); with the
+    statistics in experiment_cfg/metadata.json split over two state keys, it converts to the same policy."""
+    out, base = policy_case(peer, tmp_path, finetune=False)
+    state, action = STATS["observation.state"], STATS["action"]
+    meta = {"so100": {"statistics": {
+        "state": {"gripper": {k: v[3:] for k, v in state.items()}, "arm": {k: v[:3] for k, v in state.items()}},
+        "action": {"arm": action}}}}
+    (base / "experiment_cfg").mkdir()
+    (base / "experiment_cfg" / "metadata.json").write_text(json.dumps(meta))
+    from vla_train.cli import main
+
+    eagle = peer.home / POLICY["tokenizer_assets_repo"] / "config.json"
+    argv = ["convert", "groot", str(base), str(tmp_path / "ours"), "--eagle-config", str(eagle), "--embodiment", "so100",
+            "--cameras", "a_wrist,top", "--normalization", "min_max", "--state-keys", "arm,gripper"]
+    assert main(argv) == 0
+    check_actions(VLAPolicy.from_pretrained(tmp_path / "ours"), out)
+    from vla_train.convert.groot import convert
+
+    with pytest.raises(ConfigError, match="state_keys"):  # two state keys: their order must be given
+        convert(base, tmp_path / "x", eagle_config=eagle, embodiment="so100", cameras=["top"], normalization="min_max")

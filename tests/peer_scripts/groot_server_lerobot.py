@@ -12,7 +12,8 @@ Reads one JSON request per stdin line and answers one JSON line on stdout (``{"o
   does; writes ``config.json``, ``model.safetensors`` (full, before the cut) and ``io.safetensors``.
 - ``{"kind": "policy", "out": DIR, "base": DIR, "eagle": {...}, "backbone_cfg": {...},
   "action_head_cfg": {...}, "policy": {...}, "stats": {...}}``: a tiny GR00T N1.5 base model saved to
-  ``base``, then LeRobot's own ``GrootPolicy`` built on it (``GrootConfig(**policy)``), perturbed, and
+  ``base``, then LeRobot's own ``GrootPolicy`` built on it (``GrootConfig(**policy)``), perturbed (unless
+  ``"finetune": false``), and
   saved with ``save_pretrained`` plus its pre/post-processors (stats) to ``out``; ``io.safetensors``
   holds pre-tokenized Eagle inputs, the raw state, the noise and the unnormalized action chunk.
 
@@ -209,9 +210,10 @@ def policy_request(req):
              for io in ("input_features", "output_features")}
     config = GrootConfig(base_model_path=str(base), **feats, **pol)
     policy = GrootPolicy(config)
-    with torch.no_grad():  # a fine-tuned policy: its weights are not the base model's
-        for p in policy.parameters():
-            p.add_(0.01 * torch.randn_like(p))
+    if req.get("finetune", True):  # a fine-tuned policy: its weights are not the base model's
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.add_(0.01 * torch.randn_like(p))
     policy.eval()
     stats = {k: {s: torch.tensor(v) for s, v in d.items()} for k, d in req["stats"].items()}
     pre, post = make_groot_pre_post_processors(config, dataset_stats=stats)
