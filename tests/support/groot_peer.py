@@ -59,16 +59,19 @@ class GrootPeer:
 
     def __init__(self, python: Path, home: Path) -> None:
         self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "HF_LEROBOT_HOME": str(self.home), "HF_HUB_OFFLINE": "1"}
-        self.proc = subprocess.Popen([str(python), str(SERVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, env=env)
+        self.log = self.home / "peer_stderr.log"  # LeRobot's progress prints; its tail explains a crash
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen([str(python), str(SERVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log, text=True, env=env)
 
     def request(self, kind: str, **fields: Any) -> None:
         self.proc.stdin.write(json.dumps({"kind": kind, **fields}) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"GR00T peer exited (status {self.proc.poll()})")
+            raise RuntimeError(f"GR00T peer exited (status {self.proc.wait()}):\n{self.log.read_text()[-3000:]}")
         reply = json.loads(line)
         if not reply["ok"]:
             raise RuntimeError(f"GR00T peer failed on {kind}: {reply['error']}\n{reply['trace']}")

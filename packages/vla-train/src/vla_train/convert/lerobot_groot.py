@@ -231,6 +231,8 @@ def lerobot_stats(src: Path, features: Mapping[str, Any]) -> tuple[dict[str, Any
     for stat in ("min", "max"):
         if normalize and "action" in stats and not torch.equal(stats["action"][stat], post.get(stat, torch.empty(0))):
             raise ConfigError(f"{src}: the postprocessor's action {stat} differs from the preprocessor's")
+    if normalize and "action" in features and "action" not in stats:  # the postprocessor's defaults: min 0, max 1
+        raise ConfigError(f"{src}: no action stats: LeRobot's postprocessor then maps actions y to (y + 1) / 2")
     for key in (k for k in ("observation.state", "action") if k in features and k in stats):
         s = stats[key]
         if "min" not in s or "max" not in s:  # LeRobot then uses 0 / 1 per missing stat: refuse instead
@@ -299,6 +301,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, base_model: str |
             raise ConfigError(f"{src / 'config.json'}: {ours} {lr[ours]} differs from the base model's "
                               f"action_head_cfg.{theirs} {n15['action_head_cfg'][theirs]} (LeRobot would fail)")
     features = {**lr["input_features"], **lr["output_features"]}
+    visual = [k for k, f in lr["input_features"].items() if f.get("type") == "VISUAL"]
+    if any(k.startswith("observation.images.") for k in visual) and not all(
+            k.startswith("observation.images.") for k in visual):  # the pack step then drops the others
+        raise ConfigError(f"{src / 'config.json'}: cameras {visual}: LeRobot's groot reads only the "
+                          "observation.images.* ones when there are any")
     pack, stats, normalize = lerobot_stats(src, features)
     mapping = {str(k): int(v) for k, v in pack.get("embodiment_mapping", {}).items()}
     tag = str(pack.get("embodiment_tag", lr.get("embodiment_tag", "new_embodiment")))
@@ -313,6 +320,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, base_model: str |
                                                   ("tune_diffusion_model", True))},
         tokenizer=None if tokenizer is None else str(tokenizer), where="GR00T base config.json",
     )
+    if normalize and "observation.state" not in stats:  # LeRobot leaves a state without stats as is
+        config["normalization"]["observation.state"] = "identity"
     tied = bool(eagle.get("text_config", {}).get("tie_word_embeddings", False))
     tensors = groot_tensors(load_tensors(src / "model.safetensors"), LEROBOT_PREFIX, tied=tied)
     return build_groot_policy(config, tensors, LEROBOT_PREFIX, stats).save_pretrained(dst)
