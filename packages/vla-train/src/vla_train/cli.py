@@ -64,7 +64,18 @@ def _info(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from vla_train.convert import convert_lerobot
 
-    out = convert_lerobot(args.src, args.dst)
+    options = {k: getattr(args, k) for k in ("base_model", "eagle_config", "tokenizer") if getattr(args, k, None)}
+    out = convert_lerobot(args.src, args.dst, **options)
+    print(f"converted {args.src} -> {out}")
+    return 0
+
+
+def _convert_groot(args: argparse.Namespace) -> int:
+    from vla_train.convert.groot import convert
+
+    split = {k: getattr(args, k).split(",") if getattr(args, k) else None for k in ("cameras", "state_keys", "action_keys")}
+    out = convert(args.src, args.dst, eagle_config=args.eagle_config, embodiment=args.embodiment,
+                  normalization=args.normalization, tokenizer=args.tokenizer, **split)
     print(f"converted {args.src} -> {out}")
     return 0
 
@@ -123,10 +134,24 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     convert = sub.add_parser("convert", help="convert a checkpoint, or export the toy task as a LeRobot dataset")
     kinds = convert.add_subparsers(dest="framework", required=True)
-    lerobot = kinds.add_parser("lerobot", help="a LeRobot 0.6.x policy directory (act, diffusion, pi0)")
+    lerobot = kinds.add_parser("lerobot", help="a LeRobot policy directory (0.6.x act, diffusion, pi0; 0.5.1 groot)")
     lerobot.add_argument("src")
     lerobot.add_argument("dst")
+    lerobot.add_argument("--base-model", help="groot: the GR00T base model directory (its config.json)")
+    lerobot.add_argument("--eagle-config", help="groot: Eagle's config.json (or its directory)")
+    lerobot.add_argument("--tokenizer", help="groot: a local Eagle tokenizer directory (for task strings)")
     lerobot.set_defaults(func=_convert)
+    groot = kinds.add_parser("groot", help="an Isaac-GR00T N1.5 checkpoint directory")
+    groot.add_argument("src")
+    groot.add_argument("dst")
+    groot.add_argument("--eagle-config", required=True, help="Eagle's config.json (Isaac-GR00T vendors it)")
+    groot.add_argument("--embodiment", required=True, help="embodiment tag in experiment_cfg/metadata.json")
+    groot.add_argument("--cameras", required=True, help="video keys, comma-separated, in the data config's order")
+    groot.add_argument("--normalization", required=True, choices=["min_max"], help="the data config's state/action mode")
+    groot.add_argument("--state-keys", help="state keys, comma-separated, in the data config's order")
+    groot.add_argument("--action-keys", help="action keys, comma-separated, in the data config's order")
+    groot.add_argument("--tokenizer", help="a local Eagle tokenizer directory (for task strings)")
+    groot.set_defaults(func=_convert_groot)
     toy = kinds.add_parser("toy", help="write the toy task's demonstrations as a LeRobot v3.0 dataset")
     toy.add_argument("dst")
     toy.add_argument("--episodes", type=int, default=200)

@@ -16,11 +16,13 @@ range, where LeRobot divides by ``eps`` and vla by 1).
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from vla_core import ConfigError, load_tensors
@@ -50,12 +52,17 @@ COMMON_IGNORED_FIELDS = frozenset({
 LEROBOT_CONVERTERS = {
     "act": "vla_train.convert.lerobot_act",
     "diffusion": "vla_train.convert.lerobot_diffusion",
+    "groot": "vla_train.convert.lerobot_groot",  # LeRobot 0.5.1 (GR00T N1.5)
     "pi0": "vla_train.convert.lerobot_pi0",
 }
 
 
-def convert_lerobot(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Convert the LeRobot policy directory ``src`` into a vla policy directory ``dst``."""
+def convert_lerobot(src: str | os.PathLike, dst: str | os.PathLike, **options: Any) -> Path:
+    """Convert the LeRobot policy directory ``src`` into a vla policy directory ``dst``.
+
+    ``options`` go to the policy type's converter (groot: ``base_model``, ``eagle_config``, ``tokenizer``);
+    an option the type's converter does not take is an error.
+    """
     given, src, dst = src, Path(src).expanduser(), Path(dst)
     if not src.is_dir():
         raise missing_path_error(given, "LeRobot policy directory") if not src.exists() else NotADirectoryError(
@@ -70,7 +77,13 @@ def convert_lerobot(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
             f"{', '.join(sorted(LEROBOT_CONVERTERS))}"
         )
     module = importlib.import_module(LEROBOT_CONVERTERS[policy_type])
-    return module.convert(src, dst)
+    taken = set(inspect.signature(module.convert).parameters) - {"src", "dst"}
+    if set(options) - taken:
+        raise ConfigError(
+            f"LeRobot {policy_type} conversion takes no option(s) {sorted(set(options) - taken)}; it takes "
+            f"{sorted(taken) or 'none'}"
+        )
+    return module.convert(src, dst, **options)
 
 
 def read_json(path: Path) -> dict:
