@@ -216,3 +216,14 @@ def test_save_pretrained_on_a_real_full_tmpfs(tmp_path):
     assert result["error"] is not None and f"cannot save the policy to {mount / 'p'}" in result["error"]
     assert "No space left on device" in result["error"]
     assert result["left"] == []
+
+
+def test_saved_policy_files_are_readable_by_others(tmp_path):
+    # mkstemp makes 0600 files; a saved policy gets the mode open() gives (0644 under umask 022)
+    old = os.umask(0o022)
+    try:
+        directory = make_policy().save_pretrained(tmp_path / "p")
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors"):
+        assert (directory / name).stat().st_mode & 0o777 == 0o644, name

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vla_core import CheckpointError, ConfigError, MissingExtraError, UnknownComponentError
+# torch and vla_core are imported by the commands, not here: `vla --help` answers without loading torch.
 
 
 def _train(args: argparse.Namespace) -> int:
+    from vla_core import ConfigError
+
     from vla_train.config import load_config
     from vla_train.trainer import train
 
@@ -112,12 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors a user causes (and can fix): reported in one line, exit status 2."""
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+    from vla_core import CheckpointError, ConfigError, MissingExtraError, UnknownComponentError
 
     from vla_train.runlock import RunDirectoryInUseError
     from vla_train.trainer import TrainingDivergedError
 
     return (ConfigError, UnknownComponentError, MissingExtraError, CheckpointError, CheckpointException,
             TrainingDivergedError, RunDirectoryInUseError, ValueError, OSError)
+
+
+def _extra_hint(err: BaseException) -> str:
+    """For an unknown component while vla-backbones or vla-heads is not installed: the extra that brings them."""
+    from importlib.util import find_spec
+
+    from vla_core import UnknownComponentError
+
+    if isinstance(err, UnknownComponentError) and not (find_spec("vla_backbones") and find_spec("vla_heads")):
+        return " (the built-in backbones and heads come with `pip install 'vla-train[models]'`)"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,5 +141,5 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as err:
         from vla_train.checkpoint import describe_error
 
-        print(f"vla {args.command}: error: {describe_error(err)}", file=sys.stderr)
+        print(f"vla {args.command}: error: {describe_error(err)}{_extra_hint(err)}", file=sys.stderr)
         return 2
