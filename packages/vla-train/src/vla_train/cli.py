@@ -1,6 +1,6 @@
-"""The ``vla`` command: ``train``, ``eval``, ``serve``, ``info`` and ``convert lerobot``.
+"""The ``vla`` command: ``train``, ``eval``, ``serve``, ``configs``, ``info`` and ``convert lerobot``.
 
-``vla train CONFIG.yaml [--set key.sub=value ...] [--resume [--trust-checkpoint]]`` also runs under
+``vla train CONFIG.yaml`` (or a built-in config's name: ``vla train quickstart``) [--set key.sub=value ...] [--resume [--trust-checkpoint]]`` also runs under
 ``torchrun --nproc-per-node N -m vla_train train ...``. Every user-caused error (a config, a path, a
 file, a checkpoint, a busy run directory, a full disk) prints one line, ``vla CMD: error: ...``, and
 exits 2; a traceback means a bug.
@@ -66,11 +66,18 @@ def _export_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configs(args: argparse.Namespace) -> int:
+    from vla_train.builtin_configs import list_configs, resolve_config
+
+    print(resolve_config(args.name).read_text() if args.name else list_configs(), end="" if args.name else "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla", description="Train, evaluate and convert vla policies.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy from a YAML config")
-    train.add_argument("config")
+    train.add_argument("config", help="a YAML file, or a built-in config's name (see `vla configs`)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     train.add_argument("--resume", action="store_true", help="continue from output_dir's latest checkpoint")
     train.add_argument("--trust-checkpoint", action="store_true",
@@ -92,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--obs-map", metavar="JSON_OR_FILE",
                        help='client key -> policy feature, e.g. \'{"observation/image": "observation.images.top"}\'')
     serve.set_defaults(func=_serve)
+    configs = sub.add_parser("configs", help="list the built-in configs, or print one (to copy and edit)")
+    configs.add_argument("name", nargs="?", help="a built-in config's name, e.g. quickstart")
+    configs.set_defaults(func=_configs)
     info = sub.add_parser("info", help="config, parameter counts and normalization stats of a policy")
     info.add_argument("path")
     info.set_defaults(func=_info)

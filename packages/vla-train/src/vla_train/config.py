@@ -311,10 +311,11 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML training config and apply ``--set`` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config not found: {path}")
+    """Read a YAML training config (a file, or a shipped config's name: ``quickstart``) and apply ``--set``
+    overrides."""
+    from vla_train.builtin_configs import resolve_config
+
+    path = resolve_config(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
