@@ -42,7 +42,7 @@ def resolve_config(name_or_path: str | os.PathLike) -> Path:
         return path
     text = str(name_or_path)
     if os.sep not in text and "/" not in text:
-        found = builtin_configs().get(text[: -len(SUFFIX)] if text.endswith(SUFFIX) else text)
+        found = builtin_configs().get(text.removesuffix(SUFFIX))
         if found is not None:
             return found
     raise FileNotFoundError(f"training config not found: {text} is neither a file nor a built-in config "
