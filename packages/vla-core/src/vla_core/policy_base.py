@@ -299,6 +299,27 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
                                        "removed") from err
         return directory
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        **card: Any,
+    ):
+        """Save this policy and upload it to the Hugging Face Hub repo ``repo_id`` (created if needed) with a
+        model card (``README.md``); ``card`` goes to :func:`vla_core.hub.model_card` (``dataset``,
+        ``dataset_id``, ``train_config``, ``eval_results``, ``tags``). Returns huggingface_hub's
+        ``CommitInfo``. Load it back with ``load_policy(repo_id)``."""
+        from vla_core.hub import card_for_directory, push_folder
+
+        with tempfile.TemporaryDirectory(prefix="vla-push-") as tmp:
+            directory = self.save_pretrained(Path(tmp) / "policy")
+            return push_folder(directory, repo_id, card=card_for_directory(directory, repo_id=repo_id, **card),
+                               private=private, token=token, revision=revision, commit_message=commit_message)
+
     @classmethod
     def from_pretrained(
         cls,

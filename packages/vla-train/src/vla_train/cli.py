@@ -1,4 +1,4 @@
-"""The ``vla`` command: ``train``, ``eval``, ``serve``, ``configs``, ``info`` and ``convert lerobot``.
+"""The ``vla`` command: ``train``, ``eval``, ``serve``, ``push``, ``configs``, ``info`` and ``convert lerobot``.
 
 ``vla train CONFIG.yaml`` (or a built-in config's name: ``vla train quickstart``) [--set key.sub=value ...] [--resume [--trust-checkpoint]]`` also runs under
 ``torchrun --nproc-per-node N -m vla_train train ...``. Every user-caused error (a config, a path, a
@@ -66,6 +66,18 @@ def _export_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    import os
+
+    from vla_train.push import push_run
+
+    token = os.environ.get(args.token_env) if args.token_env else None
+    info = push_run(args.path, args.repo_id, private=args.private or None, token=token, revision=args.revision,
+                    commit_message=args.message)
+    print(f"pushed to {getattr(info, 'commit_url', None) or args.repo_id}")
+    return 0
+
+
 def _configs(args: argparse.Namespace) -> int:
     from vla_train.builtin_configs import list_configs, resolve_config
 
@@ -99,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--obs-map", metavar="JSON_OR_FILE",
                        help='client key -> policy feature, e.g. \'{"observation/image": "observation.images.top"}\'')
     serve.set_defaults(func=_serve)
+    push = sub.add_parser("push", help="upload a trained policy and its model card to the Hugging Face Hub")
+    push.add_argument("path", help="a run directory or a pretrained policy directory")
+    push.add_argument("repo_id", help="the Hub model repo, owner/name (created if needed)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", help="branch to push to (default: main)")
+    push.add_argument("--message", help="commit message")
+    push.add_argument("--token-env", metavar="NAME",
+                      help="environment variable holding the Hub token (default: huggingface_hub's login)")
+    push.set_defaults(func=_push)
     configs = sub.add_parser("configs", help="list the built-in configs, or print one (to copy and edit)")
     configs.add_argument("name", nargs="?", help="a built-in config's name, e.g. quickstart")
     configs.set_defaults(func=_configs)
