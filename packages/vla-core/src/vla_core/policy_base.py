@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,6 +284,12 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         failure (a full disk) raises :class:`~vla_core.errors.CheckpointWriteError` naming the path and
         leaves no partial file (nor ``directory`` itself, when this call created it)."""
         directory = Path(directory)
+        unset = [key for key in self.normalizer.modes
+                 if any(bool(torch.isnan(b).all()) for b in self.normalizer.stats_of(key).values())]
+        if unset:
+            warnings.warn(f"saving a policy whose normalization stats are not set for {unset}: it cannot act "
+                          "until they are; set them with policy.normalizer.set_stats(dataset_stats) before saving",
+                          UserWarning, stacklevel=2)
         created = not directory.exists()
         text = json.dumps({"type": self.registered_name, **self.config_to_save()}, indent=2, sort_keys=True)
         try:
