@@ -62,3 +62,11 @@ def test_an_unknown_component_with_the_models_installed_gives_no_extra_hint(tmp_
     cfg["policy"]["backbone"] = {"type": "eagel"}
     line = one_line_error(capsys, ["train", str(write_config(tmp_path / "c.yaml", cfg))])
     assert "Did you mean 'eagle'?" in line and "vla-train[models]" not in line
+
+
+def test_training_without_matplotlib_skips_the_plot_and_says_which_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if the `plot` extra were not installed
+    cfg = tiny_config(tmp_path / "run", log={"every": 1, "progress": False, "plot": True})
+    assert cli.main(["train", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    assert "loss.png not drawn: matplotlib is not installed (pip install 'vla-train[plot]')" in capsys.readouterr().out
+    assert not (tmp_path / "run" / "loss.png").exists() and (tmp_path / "run" / "pretrained").is_dir()

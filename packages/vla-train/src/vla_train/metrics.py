@@ -86,8 +86,11 @@ class MetricsLogger:
         records = read_metrics(self.path)
         if not records:
             return None
-        import matplotlib
-
+        try:
+            import matplotlib
+        except ImportError:  # the `plot` extra is optional: the run goes on without its picture
+            print("loss.png not drawn: matplotlib is not installed (pip install 'vla-train[plot]')", flush=True)
+            return None
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
