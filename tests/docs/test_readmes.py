@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 READMES = ["README.md", "packages/vla-core/README.md", "packages/vla-backbones/README.md",
            "packages/vla-heads/README.md", "packages/vla-train/README.md"]
-BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 
 # (README, text in the block) -> why it is not run here, and what covers it
 NOT_RUN = {
