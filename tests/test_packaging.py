@@ -142,3 +142,18 @@ def test_readme_links_work_off_the_repository(package):
     text = (ROOT / "packages" / package / "README.md").read_text()
     relative = [t for t in re.findall(r"\]\(([^)#\s]+)", text) if not t.startswith(("http://", "https://"))]
     assert not relative, f"{package}/README.md has relative links: {relative}"
+
+
+def test_vla_train_extras_bring_the_models_and_the_trackers():
+    extras = tomllib.loads((ROOT / "packages" / "vla-train" / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert extras["models"] == ["vla-backbones>=0.1,<0.2", "vla-heads>=0.1,<0.2"]
+    assert extras["wandb"][0].startswith("wandb") and extras["trackio"][0].startswith("trackio")
+    assert "wandb" not in extras["all"][0] and "trackio" not in extras["all"][0]
+
+
+def test_the_built_in_configs_ship_in_the_vla_train_wheel(dist):
+    _, names = wheel_metadata(dist, "vla-train")
+    shipped = {Path(n).name for n in names if n.startswith("vla_train/configs/") and n.endswith(".yaml")}
+    assert shipped == {p.name for p in (ROOT / "packages/vla-train/src/vla_train/configs").glob("*.yaml")}
+    assert "quickstart.yaml" in shipped
