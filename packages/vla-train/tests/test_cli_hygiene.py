@@ -12,7 +12,8 @@ import torch
 from train_helpers import tiny_config, write_config
 from vla_train import cli
 
-COMMANDS = [[], ["train"], ["eval"], ["serve"], ["info"], ["convert"], ["convert", "lerobot"], ["convert", "toy"]]
+COMMANDS = [[], ["train"], ["eval"], ["serve"], ["push"], ["configs"], ["info"], ["convert"], ["convert", "lerobot"],
+            ["convert", "toy"]]
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
