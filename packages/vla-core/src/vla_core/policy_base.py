@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -376,6 +377,12 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         failure (a full disk) raises :class:`~vla_core.errors.CheckpointWriteError` naming the path and
         leaves no partial file (nor ``directory`` itself, when this call created it)."""
         directory = Path(directory)
+        unset = [key for key in self.normalizer.modes
+                 if any(bool(torch.isnan(b).all()) for b in self.normalizer.stats_of(key).values())]
+        if unset:
+            warnings.warn(f"saving a policy whose normalization stats are not set for {unset}: it cannot act "
+                          "until they are; set them with policy.normalizer.set_stats(dataset_stats) before saving",
+                          UserWarning, stacklevel=2)
         created = not directory.exists()
         # insertion order, not sorted: the order of the features is the order of the cameras
         text = json.dumps({"type": self.registered_name, **self.config_to_save()}, indent=2)
@@ -392,6 +399,27 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
             raise CheckpointWriteError(f"cannot save the policy to {directory}: {err}; the partial files were "
                                        "removed") from err
         return directory
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        **card: Any,
+    ):
+        """Save this policy and upload it to the Hugging Face Hub repo ``repo_id`` (created if needed) with a
+        model card (``README.md``); ``card`` goes to :func:`vla_core.hub.model_card` (``dataset``,
+        ``dataset_id``, ``train_config``, ``eval_results``, ``tags``). Returns huggingface_hub's
+        ``CommitInfo``. Load it back with ``load_policy(repo_id)``."""
+        from vla_core.hub import card_for_directory, push_folder
+
+        with tempfile.TemporaryDirectory(prefix="vla-push-") as tmp:
+            directory = self.save_pretrained(Path(tmp) / "policy")
+            return push_folder(directory, repo_id, card=card_for_directory(directory, repo_id=repo_id, **card),
+                               private=private, token=token, revision=revision, commit_message=commit_message)
 
     @classmethod
     def from_pretrained(

@@ -1,6 +1,6 @@
-"""The ``vla`` command: ``train``, ``eval``, ``serve``, ``info`` and ``convert lerobot``.
+"""The ``vla`` command: ``train``, ``eval``, ``serve``, ``push``, ``configs``, ``info`` and ``convert lerobot``.
 
-``vla train CONFIG.yaml [--set key.sub=value ...] [--resume [--trust-checkpoint]]`` also runs under
+``vla train CONFIG.yaml`` (or a built-in config's name: ``vla train quickstart``) [--set key.sub=value ...] [--resume [--trust-checkpoint]]`` also runs under
 ``torchrun --nproc-per-node N -m vla_train train ...``. Every user-caused error (a config, a path, a
 file, a checkpoint, a busy run directory, a full disk) prints one line, ``vla CMD: error: ...``, and
 exits 2; a traceback means a bug.
@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vla_core import CheckpointError, ConfigError, MissingExtraError, UnknownComponentError
+# torch and vla_core are imported by the commands, not here: `vla --help` answers without loading torch.
 
 
 def _train(args: argparse.Namespace) -> int:
+    from vla_core import ConfigError
+
     from vla_train.config import load_config
     from vla_train.trainer import train
 
@@ -25,6 +27,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from vla_core import ConfigError
+
     from vla_train.eval import evaluate
 
     if args.asynchronous or args.inference_delay is not None or args.rtc:
@@ -88,19 +92,41 @@ def _export_toy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_compile(parser: argparse.ArgumentParser) -> None:
-    from vla_core import COMPILE_MODES
+# Policy.compile's modes (vla_core.COMPILE_MODES; a test keeps them equal): a literal here, because
+# building the parser must not import torch.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+
+def _add_compile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
                         help=f"compile the policy's inference path (Policy.compile); MODE: {', '.join(COMPILE_MODES)} "
                              "(default: default; reduce-overhead captures CUDA graphs on a GPU)")
+
+
+def _push(args: argparse.Namespace) -> int:
+    import os
+
+    from vla_train.push import push_run
+
+    token = os.environ.get(args.token_env) if args.token_env else None
+    info = push_run(args.path, args.repo_id, private=args.private or None, token=token, revision=args.revision,
+                    commit_message=args.message)
+    print(f"pushed to {getattr(info, 'commit_url', None) or args.repo_id}")
+    return 0
+
+
+def _configs(args: argparse.Namespace) -> int:
+    from vla_train.builtin_configs import list_configs, resolve_config
+
+    print(resolve_config(args.name).read_text() if args.name else list_configs(), end="" if args.name else "\n")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla", description="Train, evaluate and convert vla policies.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy from a YAML config")
-    train.add_argument("config")
+    train.add_argument("config", help="a YAML file, or a built-in config's name (see `vla configs`)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     train.add_argument("--resume", action="store_true", help="continue from output_dir's latest checkpoint")
     train.add_argument("--trust-checkpoint", action="store_true",
@@ -129,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help='client key -> policy feature, e.g. \'{"observation/image": "observation.images.top"}\'')
     _add_compile(serve)
     serve.set_defaults(func=_serve)
+    push = sub.add_parser("push", help="upload a trained policy and its model card to the Hugging Face Hub")
+    push.add_argument("path", help="a run directory or a pretrained policy directory")
+    push.add_argument("repo_id", help="the Hub model repo, owner/name (created if needed)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", help="branch to push to (default: main)")
+    push.add_argument("--message", help="commit message")
+    push.add_argument("--token-env", metavar="NAME",
+                      help="environment variable holding the Hub token (default: huggingface_hub's login)")
+    push.set_defaults(func=_push)
+    configs = sub.add_parser("configs", help="list the built-in configs, or print one (to copy and edit)")
+    configs.add_argument("name", nargs="?", help="a built-in config's name, e.g. quickstart")
+    configs.set_defaults(func=_configs)
     info = sub.add_parser("info", help="config, parameter counts and normalization stats of a policy")
     info.add_argument("path")
     info.set_defaults(func=_info)
@@ -165,12 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors a user causes (and can fix): reported in one line, exit status 2."""
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+    from vla_core import CheckpointError, ConfigError, MissingExtraError, UnknownComponentError
 
     from vla_train.runlock import RunDirectoryInUseError
     from vla_train.trainer import TrainingDivergedError
 
     return (ConfigError, UnknownComponentError, MissingExtraError, CheckpointError, CheckpointException,
             TrainingDivergedError, RunDirectoryInUseError, ValueError, OSError)
+
+
+def _extra_hint(err: BaseException) -> str:
+    """For an unknown component while vla-backbones or vla-heads is not installed: the extra that brings them."""
+    from importlib.util import find_spec
+
+    from vla_core import UnknownComponentError
+
+    if isinstance(err, UnknownComponentError) and not (find_spec("vla_backbones") and find_spec("vla_heads")):
+        return " (the built-in backbones and heads come with `pip install 'vla-train[models]'`)"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,5 +230,5 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as err:
         from vla_train.checkpoint import describe_error
 
-        print(f"vla {args.command}: error: {describe_error(err)}", file=sys.stderr)
+        print(f"vla {args.command}: error: {describe_error(err)}{_extra_hint(err)}", file=sys.stderr)
         return 2
