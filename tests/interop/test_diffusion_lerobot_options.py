@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from vla_core import CheckpointError, ConfigError, VLAPolicy
 from vla_train.convert import convert_lerobot
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.slow]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "peer_scripts" / "lerobot_diffusion_checkpoint.py"
 TOL = 1e-5
@@ -50,8 +50,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     "defaults": {"config_json": {"pretrained_backbone_weights": "ResNet18_Weights.IMAGENET1K_V1"}, "loss": True},
     "n_obs_steps=1": {"config": {"n_obs_steps": 1}},
     "n_obs_steps=3": {"config": {"n_obs_steps": 3}},
-    "horizon=16": {"config": {"horizon": 16, "n_action_steps": 8}},
-    "n_action_steps=7": {"config": {"n_action_steps": 7}},
+    "horizon=16+n_action_steps=15": {"config": {"horizon": 16, "n_action_steps": 15}},  # horizon - n_obs + 1
     "vision_backbone=resnet34": {"config": {"vision_backbone": "resnet34"}},
     "vision_backbone=resnet50": {"config": {"vision_backbone": "resnet50"}},
     "resize_shape": {"config": {"resize_shape": [32, 36]}},
@@ -74,7 +73,6 @@ SWEEP: dict[str, dict[str, Any]] = {
     "kernel_size=4": {"config": {"kernel_size": 4}, "refused": "kernel_size"},
     "n_groups=4": {"config": {"n_groups": 4}},  # quirk 1: the final block keeps 8 groups
     "n_groups=2+loss": {"config": {"n_groups": 2}, "loss": True},
-    "n_groups=16": {"config": {"n_groups": 16}},
     "diffusion_step_embed_dim=8": {"config": {"diffusion_step_embed_dim": 8}},
     "diffusion_step_embed_dim=7": {"config": {"diffusion_step_embed_dim": 7}, "refused": "diffusion_step_embed_dim"},
     "use_film_scale_modulation=false": {"config": {"use_film_scale_modulation": False}},
@@ -94,7 +92,6 @@ SWEEP: dict[str, dict[str, Any]] = {
     "do_mask_loss_for_padding+loss": {"config": {"do_mask_loss_for_padding": True}, "loss": True},
     "env_state(default mapping: raw)": {"env_state": 4},
     "normalization=MIN_MAX": {"env_state": 3, "config": {"normalization_mapping": every("MIN_MAX")}},
-    "normalization=MEAN_STD": {"config": {"normalization_mapping": every("MEAN_STD")}},
     "normalization=IDENTITY": {"config": {"normalization_mapping": every("IDENTITY")}},
     "normalization=QUANTILES": {"config": {"normalization_mapping": every("QUANTILES")}},
     "normalization=QUANTILE10": {"config": {"normalization_mapping": every("QUANTILE10")}},
@@ -259,7 +256,7 @@ def diffusion_cases(draw) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=diffusion_cases())
 def test_random_option_combinations(peer, case, tmp_path):
     """A few random combinations of every option at once, written by the same peer process."""

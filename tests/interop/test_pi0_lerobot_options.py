@@ -29,7 +29,7 @@ from vla_core import CheckpointError, ConfigError, VLAPolicy
 from vla_train.convert import convert_lerobot
 from vla_train.convert.lerobot_pi0 import convert
 
-pytestmark = pytest.mark.peer
+pytestmark = [pytest.mark.peer, pytest.mark.slow]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "peer_scripts" / "lerobot_pi0_checkpoint.py"
 TOL = 1e-4

@@ -4,11 +4,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vla_test_components import FEATURES, policy_config, set_unit_stats
-
 from vla_core import ConfigError, PolicyConfig, TemporalEnsembler, VLAPolicy
 from vla_core.errors import UnknownComponentError
 from vla_core.testing import random_batch
+from vla_test_components import FEATURES, policy_config, set_unit_stats
 
 
 def make_policy(**overrides):
