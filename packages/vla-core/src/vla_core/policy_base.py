@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from vla_core.actions import ActionQueue, TemporalEnsembler
 from vla_core.checkpoint import atomic_write, load_checkpoint, save_safetensors
-from vla_core.config import ComponentConfig
+from vla_core.config import ComponentConfig, resolve_dtype
 from vla_core.errors import CheckpointWriteError, ConfigError
 from vla_core.features import ACTION, FeatureType, PolicyFeature, parse_features, prepare_batch
 from vla_core.interfaces import Batch, HeadOutput
@@ -158,12 +158,26 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """The dtype floating inputs are cast to: :attr:`mixed_precision_dtype` when set, else the dtype of
-        the floating parameters (float32 when they differ, or when there are none)."""
+        """The dtype floating inputs are cast to: :attr:`mixed_precision_dtype` when set, else the dtype
+        holding most floating parameter elements (a bf16 base with fp32 LoRA adapters computes in bf16;
+        float32 on a tie or when there are none)."""
         if self.mixed_precision_dtype is not None:
             return self.mixed_precision_dtype
-        dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
-        return dtypes.pop() if len(dtypes) == 1 else torch.float32
+        counts: dict[torch.dtype, int] = {}
+        for p in self.parameters():
+            if p.is_floating_point():
+                counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+        if not counts:
+            return torch.float32
+        most = max(counts.values())
+        winners = [d for d, n in counts.items() if n == most]
+        return winners[0] if len(winners) == 1 else torch.float32
+
+    def set_dtype(self, dtype: torch.dtype | str) -> Policy:
+        """Hold every floating parameter and buffer in ``dtype`` (``torch.bfloat16``, ``"bf16"``, ...),
+        except the normalization stats, which stay float32. Inputs are then cast to ``dtype`` at the
+        boundary and actions come back as float32. Returns ``self``."""
+        return self.to(resolve_dtype(dtype, f"{type(self).__name__}.set_dtype(dtype)"))
 
     def prepare(self, batch: Batch, *, training: bool = False, single_step: bool = False) -> tuple[Batch, int]:
         """``(checked batch, B)``: ``batch`` checked against the features (and the target when
@@ -190,13 +204,16 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
     def predict_action_chunk(
         self, batch: Batch, *, noise: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """(B, H, A) actions in robot units. ``noise`` (B, H, A) seeds generative heads."""
+        """(B, H, A) actions in robot units (float32 for a bf16 / fp16 policy). ``noise`` (B, H, A) seeds
+        generative heads."""
         batch, bsz = self.prepare(batch)
         if noise is not None:
             want = (bsz, self.horizon, self.action_dim)
             if tuple(noise.shape) != want:
                 raise ValueError(f"noise: expected shape {want}, received {tuple(noise.shape)}")
         chunk = self.sample_chunk(self.normalizer.normalize_batch(batch), noise=noise, generator=generator)
+        if chunk.dtype.itemsize < 4:  # a bf16 / fp16 policy: robot units in float32, unnormalized with fp32 stats
+            chunk = chunk.float()
         return self.normalizer.unnormalize(ACTION, chunk)
 
     # ----------------------------------------------------------------- one action per control step
@@ -307,6 +324,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         revision: str | None = None,
         strict: bool = True,
         allow_nonfinite: bool = False,
+        dtype: torch.dtype | str | None = None,
         **config_overrides: Any,
     ) -> Policy:
         """Load a local directory or a hub repo id (safetensors only; no pickle, no remote code).
@@ -315,7 +333,14 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         comes back in eval mode, ready for inference; call ``.train()`` to fine-tune. Weights with
         NaN/Inf are refused unless ``allow_nonfinite=True`` (then a warning names them). A name that
         can only be a local path (see :func:`vla_core.paths.is_local_path`) is never looked up on the Hub.
+
+        ``dtype`` (``torch.bfloat16``, ``"bf16"``, ``torch.float16``, ...) holds the weights in that dtype
+        (see :meth:`set_dtype`): the policy is cast before the weights are copied in, so the full-precision
+        copy is freed first; the normalization stats stay float32, float32 observations are cast at the
+        boundary and actions come back as float32.
         """
+        if dtype is not None:
+            dtype = resolve_dtype(dtype, "from_pretrained(dtype)")
         directory = resolve_policy_dir(path_or_repo_id, revision=revision)
         config_file = directory / CONFIG_NAME
         try:
@@ -334,6 +359,8 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
             policy = policy_cls(data)
         except ConfigError as err:
             raise ConfigError(f"{config_file}: {err}") from None
+        if dtype is not None:
+            policy.set_dtype(dtype)
         load_checkpoint(policy, directory / WEIGHTS_NAME, strict=strict, allow_nonfinite=allow_nonfinite)
         return policy.eval()
 
