@@ -241,5 +241,63 @@ def merge_adapters(policy: nn.Module) -> nn.Module:
     return policy
 
 
-__all__ = ["PeftConfig", "adapter_state", "apply_peft", "default_targets", "load_adapters", "merge_adapters",
-           "save_adapters", "target_names", "trainable_summary"]
+# ----------------------------------------------------------------------------- the trainer's side
+def load_base_weights(policy: nn.Module, base: str | Path) -> None:
+    """Copy the weights (and stats) of the ``save_pretrained`` directory or hub id ``base`` into
+    ``policy`` (strict: its config must build the same architecture)."""
+    from vla_core import load_checkpoint
+    from vla_core.policy_base import WEIGHTS_NAME, resolve_policy_dir
+
+    try:
+        load_checkpoint(policy, resolve_policy_dir(base) / WEIGHTS_NAME)
+    except CheckpointError as err:
+        raise CheckpointError(f"peft.base {base}: {err}") from None
+
+
+def export_adapted(model: nn.Module, policy_config: dict[str, Any], config: PeftConfig, run_dir: str | Path, *,
+                   world, sharded: bool, ema_shadow: dict[str, torch.Tensor] | None = None) -> Path | None:
+    """End of a LoRA run (all ranks call, rank 0 writes): the adapters to ``run_dir/adapter`` and, with
+    ``merge_on_export``, the merged policy to ``run_dir/pretrained``, which is returned (else None)."""
+    from vla_core import build_policy
+
+    from vla_train.checkpoint import full_state_dict
+
+    state = full_state_dict(model, sharded=sharded)
+    for name, value in (ema_shadow or {}).items():
+        full = value.full_tensor() if hasattr(value, "full_tensor") else value
+        if world.is_main:
+            state[name] = full.detach().cpu()
+    if not world.is_main:
+        return None
+    policy = apply_peft(build_policy(policy_config), config, base=config.base)
+    policy.load_state_dict(state, strict=True)
+    save_adapters(policy, Path(run_dir) / "adapter")
+    if not config.merge_on_export:
+        return None
+    return merge_adapters(policy).save_pretrained(Path(run_dir) / "pretrained")
+
+
+def export(src: str | Path, dst: str | Path, *, merge: bool = False, base: str | None = None) -> Path:
+    """``vla export``: the adapters of ``src`` (an adapter directory, or a run directory's ``adapter/``)
+    put onto the base policy (``base``, default the adapters' ``base_model_name_or_path``) and written to
+    ``dst``: as adapters again, or merged into a plain policy (``merge``)."""
+    from vla_core import load_policy
+
+    src = Path(src)
+    if (src / "adapter" / ADAPTER_CONFIG).is_file():
+        src = src / "adapter"
+    if not (src / ADAPTER_CONFIG).is_file():
+        raise FileNotFoundError(f"{src / ADAPTER_CONFIG} not found: expected an adapter directory or a LoRA run "
+                                "directory (with adapter/)")
+    base = base or json.loads((src / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{src}: the adapters name no base policy (the run had no peft.base); pass --base DIR")
+    policy = load_adapters(load_policy(base), src)
+    if merge:
+        return merge_adapters(policy).save_pretrained(dst)
+    return save_adapters(policy, dst)
+
+
+__all__ = ["PeftConfig", "adapter_state", "apply_peft", "default_targets", "export", "export_adapted",
+           "load_adapters", "load_base_weights", "merge_adapters", "save_adapters", "target_names",
+           "trainable_summary"]

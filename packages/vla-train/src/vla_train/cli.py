@@ -56,6 +56,13 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from vla_train.adapters import export
+
+    print(f"wrote {export(args.src, args.dst, merge=args.merge, base=args.base)}")
+    return 0
+
+
 def _export_toy(args: argparse.Namespace) -> int:
     from vla_train.data.lerobot.convert_toy import export_toy_dataset
 
@@ -93,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="config, parameter counts and normalization stats of a policy")
     info.add_argument("path")
     info.set_defaults(func=_info)
+    export = sub.add_parser("export", help="LoRA adapters onto their base policy: as adapters, or merged (--merge)")
+    export.add_argument("src", help="an adapter directory, or a LoRA run directory (its adapter/)")
+    export.add_argument("dst")
+    export.add_argument("--merge", action="store_true", help="fold the adapters into the weights: a plain policy")
+    export.add_argument("--base", help="the base policy directory (default: the adapters' base_model_name_or_path)")
+    export.set_defaults(func=_export)
     convert = sub.add_parser("convert", help="convert a checkpoint, or export the toy task as a LeRobot dataset")
     kinds = convert.add_subparsers(dest="framework", required=True)
     lerobot = kinds.add_parser("lerobot", help="a LeRobot 0.6.x policy directory (act, diffusion, pi0)")
