@@ -181,7 +181,8 @@ def test_lora_run_freezes_the_base_checkpoints_only_trainables_and_exports(tmp_p
 
     run = tmp_path / "run"
     with safe_open(str(run / "checkpoints" / "step_00000004" / "state.safetensors"), "pt") as f:
-        params = {k.removeprefix("model/model/") for k in f.keys() if k.startswith("model/model/")  # noqa: SIM118}
+        names = list(f.keys())
+    params = {k.removeprefix("model/model/") for k in names if k.startswith("model/model/")}
     assert {p for p in params if not p.startswith("normalizer.")} == trainable
 
     batch = policy_batch(trainer.policy)
