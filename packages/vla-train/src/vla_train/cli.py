@@ -42,6 +42,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if args.memory:
+        from vla_train.memory import describe_memory
+
+        print(describe_memory(args.path, ranks=args.ranks, lora=args.lora))
+        return 0
     from vla_train.info import describe
 
     print(describe(args.path))
@@ -98,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help='client key -> policy feature, e.g. \'{"observation/image": "observation.images.top"}\'')
     serve.set_defaults(func=_serve)
     info = sub.add_parser("info", help="config, parameter counts and normalization stats of a policy")
-    info.add_argument("path")
+    info.add_argument("path", help="a policy directory, or with --memory a YAML config with the policy's features")
+    info.add_argument("--memory", action="store_true",
+                      help="estimate per-rank memory of weights, gradients and AdamW state (full FT, LoRA, FSDP2)")
+    info.add_argument("--ranks", type=int, default=1, help="with --memory: FSDP2 ranks to shard over")
+    info.add_argument("--lora", action="store_true", help="with --memory: add LoRA rows (the config's peft: section "
+                                                          "or the components' default targets, r=8)")
     info.set_defaults(func=_info)
     export = sub.add_parser("export", help="LoRA adapters onto their base policy: as adapters, or merged (--merge)")
     export.add_argument("src", help="an adapter directory, or a LoRA run directory (its adapter/)")
