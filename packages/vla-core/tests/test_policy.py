@@ -105,6 +105,19 @@ def test_save_and_load_round_trip(tmp_path):
     assert torch.equal(loaded.normalizer.stats_of("action")["mean"], policy.normalizer.stats_of("action")["mean"])
 
 
+def test_camera_order_survives_save_and_load(tmp_path):
+    """Cameras not in alphabetical order keep their order (the order of the image tokens) through
+    config.json; a sorted config.json reordered them and the reload failed."""
+    cams = {"observation.images.wrist": {"type": "VISUAL", "shape": [3, 8, 8]},
+            "observation.images.top": {"type": "VISUAL", "shape": [3, 8, 8]}}
+    policy = make_policy(input_features={**cams, "observation.state": {"type": "STATE", "shape": [3]}})
+    assert policy.config.backbone["image_keys"] == list(cams)
+    policy.save_pretrained(tmp_path / "p")
+    loaded = VLAPolicy.from_pretrained(tmp_path / "p")
+    assert loaded.config.backbone["image_keys"] == list(cams)
+    assert list(loaded.input_features)[:2] == list(cams)
+
+
 def test_saved_policy_does_not_depend_on_its_initial_weight_files(tmp_path):
     from vla_core import save_safetensors
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import itertools
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ from vla_core.interfaces import Batch, HeadOutput
 from vla_core.normalize import Normalizer, resolve_modes
 from vla_core.paths import is_local_path, missing_path_error
 from vla_core.registry import POLICIES
+from vla_core.rtc import RTCGuide, check_prefix
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -200,21 +202,71 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         batch, _ = self.prepare(batch, training=True)
         return self.compute_loss(self.normalizer.normalize_batch(batch))
 
+    @property
+    def supports_rtc(self) -> bool:
+        """Whether ``predict_action_chunk`` takes a ``prefix`` (real-time chunking; flow-matching heads)."""
+        return False
+
+    def rtc_unsupported_reason(self) -> str:
+        """Why this policy refuses a ``prefix`` (subclasses name their head)."""
+        return f"policy {self.registered_name!r} does not sample by flow matching"
+
     @torch.no_grad()
     def predict_action_chunk(
-        self, batch: Batch, *, noise: Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        batch: Batch,
+        *,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        prefix: Tensor | None = None,
+        delay: int = 0,
     ) -> Tensor:
         """(B, H, A) actions in robot units (float32 for a bf16 / fp16 policy). ``noise`` (B, H, A) seeds
-        generative heads."""
+        generative heads.
+
+        Real-time chunking (:mod:`vla_core.rtc`, flow-matching heads only, see :attr:`supports_rtc`):
+        ``prefix`` (H', A) or (B, H', A) holds the previous chunk's actions not yet executed when this
+        observation was taken, in robot units, aligned with this chunk's first rows (1 <= H' <= H);
+        ``delay`` (0 <= delay <= H') is how many of them run before this chunk arrives. The result's
+        first ``delay`` actions equal the prefix's exactly; the rest are guided to continue it.
+        """
         batch, bsz = self.prepare(batch)
         if noise is not None:
             want = (bsz, self.horizon, self.action_dim)
             if tuple(noise.shape) != want:
                 raise ValueError(f"noise: expected shape {want}, received {tuple(noise.shape)}")
-        chunk = self.sample_chunk(self.normalizer.normalize_batch(batch), noise=noise, generator=generator)
-        if chunk.dtype.itemsize < 4:  # a bf16 / fp16 policy: robot units in float32, unnormalized with fp32 stats
-            chunk = chunk.float()
-        return self.normalizer.unnormalize(ACTION, chunk)
+        nbatch = self.normalizer.normalize_batch(batch)
+        if prefix is None:
+            if delay != 0:
+                raise ValueError(f"delay: {delay!r} needs a prefix (the previous chunk's actions); received prefix=None")
+            return self.normalizer.unnormalize(ACTION, _float32_if_low(self.sample_chunk(nbatch, noise=noise,
+                                                                                         generator=generator)))
+        prefix = self._rtc_prefix(prefix, bsz, delay)
+        guide = RTCGuide(self.normalizer.normalize(ACTION, prefix), delay, self.horizon)
+        chunk = self.normalizer.unnormalize(ACTION, _float32_if_low(self.sample_chunk(
+            nbatch, noise=noise, generator=generator, guide=guide)))
+        chunk[:, :delay] = prefix[:, :delay].to(chunk)  # exact in robot units, not only after a normalize round trip
+        return chunk
+
+    def _rtc_prefix(self, prefix: Any, bsz: int, delay: Any) -> Tensor:
+        """``prefix`` as a (B, H', A) tensor in the compute dtype, checked (with ``delay``)."""
+        if not self.supports_rtc:
+            raise ValueError(f"prefix: real-time chunking needs a flow-matching head (a vla_core.rtc.FlowActionHead "
+                             f"such as pi0_flow or dit_flow_matching); {self.rtc_unsupported_reason()}")
+        if not isinstance(prefix, Tensor):
+            try:
+                prefix = torch.as_tensor(prefix)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"prefix: expected an array (H', A) or (B, H', A), received "
+                                 f"{type(prefix).__name__}") from None
+        if prefix.dim() == 2:
+            prefix = prefix.unsqueeze(0).expand(bsz, -1, -1)
+        if prefix.dim() == 3 and prefix.shape[0] != bsz:
+            raise ValueError(f"prefix: expected (H', A) or (B, H', A) with B = {bsz} (the batch), received "
+                             f"{tuple(prefix.shape)}")
+        check_prefix(prefix, delay, self.horizon, self.action_dim)
+        device = next(itertools.chain(self.parameters(), self.buffers()), torch.empty(0)).device
+        return prefix.to(device=device, dtype=self.compute_dtype)
 
     # ----------------------------------------------------------------- one action per control step
     def _action_selection(self) -> tuple[ActionQueue, TemporalEnsembler | None]:
@@ -301,7 +353,8 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         leaves no partial file (nor ``directory`` itself, when this call created it)."""
         directory = Path(directory)
         created = not directory.exists()
-        text = json.dumps({"type": self.registered_name, **self.config_to_save()}, indent=2, sort_keys=True)
+        # insertion order, not sorted: the order of the features is the order of the cameras
+        text = json.dumps({"type": self.registered_name, **self.config_to_save()}, indent=2)
         try:
             directory.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=".saving-", dir=directory) as tmp:
@@ -363,6 +416,11 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
             policy.set_dtype(dtype)
         load_checkpoint(policy, directory / WEIGHTS_NAME, strict=strict, allow_nonfinite=allow_nonfinite)
         return policy.eval()
+
+
+def _float32_if_low(chunk: Tensor) -> Tensor:
+    """A bf16 / fp16 policy's chunk in float32 (robot units, unnormalized with the float32 stats)."""
+    return chunk.float() if chunk.dtype.itemsize < 4 else chunk
 
 
 def resolve_policy_dir(path_or_repo_id: str | os.PathLike, *, revision: str | None = None) -> Path:

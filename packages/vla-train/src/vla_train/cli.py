@@ -27,6 +27,17 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from vla_train.eval import evaluate
 
+    if args.asynchronous or args.inference_delay is not None or args.rtc:
+        from vla_train.eval_async import evaluate_async
+
+        if args.save_video:
+            raise ConfigError("--save-video: not available with --async / --inference-delay / --rtc")
+        result = evaluate_async(args.path, episodes=args.episodes, seed=args.seed, inference_delay=args.inference_delay or 0,
+                                asynchronous=args.asynchronous, rtc=args.rtc)
+        print(f"eval_async.json: {result['policy']}/eval_async.json")
+        print(f"mean_boundary_jump: {result['mean_boundary_jump']:.4f}")
+        print(f"success_rate: {result['success_rate']:.3f}")
+        return 0
     result = evaluate(args.path, episodes=args.episodes, seed=args.seed, save_video=args.save_video)
     print(f"eval.json: {result['policy']}/eval.json")
     print(f"success_rate: {result['success_rate']:.3f}")
@@ -92,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, default=50)
     ev.add_argument("--seed", type=int, default=100_000)
     ev.add_argument("--save-video", action="store_true", help="write eval.gif and eval.png of one episode")
+    ev.add_argument("--inference-delay", type=int, metavar="N",
+                    help="simulate a policy that takes N control steps per chunk (the robot waits, unless --async)")
+    ev.add_argument("--async", dest="asynchronous", action="store_true",
+                    help="keep executing the current chunk while the next one is computed")
+    ev.add_argument("--rtc", action="store_true", help="with --async: real-time chunking (flow-matching heads)")
     ev.set_defaults(func=_eval)
     serve = sub.add_parser("serve", help="serve a policy over the openpi websocket protocol (openpi-client)")
     serve.add_argument("path", help="a run directory or a pretrained policy directory")
