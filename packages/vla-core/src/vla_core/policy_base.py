@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from vla_core.actions import ActionQueue, TemporalEnsembler
 from vla_core.checkpoint import atomic_write, load_checkpoint, save_safetensors
 from vla_core.compiled import COMPILE_MODES, CompiledSampler, compile_sampler
-from vla_core.config import ComponentConfig
+from vla_core.config import ComponentConfig, resolve_dtype
 from vla_core.errors import CheckpointWriteError, ConfigError
 from vla_core.features import ACTION, FeatureType, PolicyFeature, parse_features, prepare_batch
 from vla_core.interfaces import Batch, HeadOutput
@@ -167,12 +167,26 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """The dtype floating inputs are cast to: :attr:`mixed_precision_dtype` when set, else the dtype of
-        the floating parameters (float32 when they differ, or when there are none)."""
+        """The dtype floating inputs are cast to: :attr:`mixed_precision_dtype` when set, else the dtype
+        holding most floating parameter elements (a bf16 base with fp32 LoRA adapters computes in bf16;
+        float32 on a tie or when there are none)."""
         if self.mixed_precision_dtype is not None:
             return self.mixed_precision_dtype
-        dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
-        return dtypes.pop() if len(dtypes) == 1 else torch.float32
+        counts: dict[torch.dtype, int] = {}
+        for p in self.parameters():
+            if p.is_floating_point():
+                counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+        if not counts:
+            return torch.float32
+        most = max(counts.values())
+        winners = [d for d, n in counts.items() if n == most]
+        return winners[0] if len(winners) == 1 else torch.float32
+
+    def set_dtype(self, dtype: torch.dtype | str) -> Policy:
+        """Hold every floating parameter and buffer in ``dtype`` (``torch.bfloat16``, ``"bf16"``, ...),
+        except the normalization stats, which stay float32. Inputs are then cast to ``dtype`` at the
+        boundary and actions come back as float32. Returns ``self``."""
+        return self.to(resolve_dtype(dtype, f"{type(self).__name__}.set_dtype(dtype)"))
 
     def prepare(self, batch: Batch, *, training: bool = False, single_step: bool = False) -> tuple[Batch, int]:
         """``(checked batch, B)``: ``batch`` checked against the features (and the target when
@@ -214,7 +228,8 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         prefix: Tensor | None = None,
         delay: int = 0,
     ) -> Tensor:
-        """(B, H, A) actions in robot units. ``noise`` (B, H, A) seeds generative heads.
+        """(B, H, A) actions in robot units (float32 for a bf16 / fp16 policy). ``noise`` (B, H, A) seeds
+        generative heads.
 
         Real-time chunking (:mod:`vla_core.rtc`, flow-matching heads only, see :attr:`supports_rtc`):
         ``prefix`` (H', A) or (B, H', A) holds the previous chunk's actions not yet executed when this
@@ -261,10 +276,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
     def _sample(self, nbatch: Batch, **kwargs: Any) -> Tensor:
         """``sample_chunk`` (compiled when :meth:`compile` was called), unnormalized to robot units."""
         sample = self.sample_chunk if self._compiled is None else self._compiled
-        chunk = sample(nbatch, **kwargs)
-        if self._compiled is not None and self._compiled.dtype is not None:
-            chunk = chunk.float()  # unnormalized in float32 (the stats are float32)
-        return self.normalizer.unnormalize(ACTION, chunk)
+        return self.normalizer.unnormalize(ACTION, _float32_if_low(sample(nbatch, **kwargs)))
 
     # ----------------------------------------------------------------- compiled inference
     def compile(  # overrides nn.Module.compile on purpose: a policy compiles its inference path
@@ -429,6 +441,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         revision: str | None = None,
         strict: bool = True,
         allow_nonfinite: bool = False,
+        dtype: torch.dtype | str | None = None,
         **config_overrides: Any,
     ) -> Policy:
         """Load a local directory or a hub repo id (safetensors only; no pickle, no remote code).
@@ -437,7 +450,14 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         comes back in eval mode, ready for inference; call ``.train()`` to fine-tune. Weights with
         NaN/Inf are refused unless ``allow_nonfinite=True`` (then a warning names them). A name that
         can only be a local path (see :func:`vla_core.paths.is_local_path`) is never looked up on the Hub.
+
+        ``dtype`` (``torch.bfloat16``, ``"bf16"``, ``torch.float16``, ...) holds the weights in that dtype
+        (see :meth:`set_dtype`): the policy is cast before the weights are copied in, so the full-precision
+        copy is freed first; the normalization stats stay float32, float32 observations are cast at the
+        boundary and actions come back as float32.
         """
+        if dtype is not None:
+            dtype = resolve_dtype(dtype, "from_pretrained(dtype)")
         directory = resolve_policy_dir(path_or_repo_id, revision=revision)
         config_file = directory / CONFIG_NAME
         try:
@@ -456,8 +476,15 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
             policy = policy_cls(data)
         except ConfigError as err:
             raise ConfigError(f"{config_file}: {err}") from None
+        if dtype is not None:
+            policy.set_dtype(dtype)
         load_checkpoint(policy, directory / WEIGHTS_NAME, strict=strict, allow_nonfinite=allow_nonfinite)
         return policy.eval()
+
+
+def _float32_if_low(chunk: Tensor) -> Tensor:
+    """A bf16 / fp16 policy's chunk in float32 (robot units, unnormalized with the float32 stats)."""
+    return chunk.float() if chunk.dtype.itemsize < 4 else chunk
 
 
 def resolve_policy_dir(path_or_repo_id: str | os.PathLike, *, revision: str | None = None) -> Path:

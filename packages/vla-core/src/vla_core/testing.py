@@ -15,8 +15,9 @@ for every trainable parameter the loss reaches), reproducible ``predict_action_c
 the ``save_pretrained`` / ``from_pretrained`` round trip, one training step under activation
 checkpointing and FSDP2 ``fully_shard`` on a 1-rank gloo group (equal to the plain step; every
 checkpointed unit called as a module and recomputed), inference on the sharded policy, one step under
-bf16 autocast, ``Policy.compile`` of the inference path equal to eager without recompiling, and
-real-time chunking (:func:`check_rtc`) for policies that support it (flow-matching heads).
+bf16 autocast, ``from_pretrained(dtype=torch.bfloat16)`` fed fp32 observations, ``Policy.compile`` of
+the inference path equal to eager without recompiling, and real-time chunking (:func:`check_rtc`) for
+policies that support it (flow-matching heads).
 """
 
 from __future__ import annotations
@@ -377,6 +378,34 @@ def check_bf16_autocast(policy: nn.Module, batch: Mapping[str, Any]) -> None:
     assert torch.isfinite(actions).all(), "bf16 autocast actions contain NaN/Inf"
 
 
+def check_bf16_load(policy: nn.Module, batch: Mapping[str, Any], directory: str | os.PathLike) -> None:
+    """``from_pretrained(dtype=torch.bfloat16)`` holds every floating parameter in bf16 and the normalization
+    stats in fp32, takes fp32 observations (cast at the boundary), predicts finite float32 actions near the
+    fp32 policy's, and trains (finite loss, bf16 gradients)."""
+    policy.eval()
+    expected = _predict(policy, batch)
+    policy.save_pretrained(directory)
+    loaded = type(policy).from_pretrained(directory, dtype=torch.bfloat16)
+    wrong = [n for n, p in loaded.named_parameters() if p.is_floating_point() and p.dtype != torch.bfloat16]
+    assert not wrong, f"from_pretrained(dtype=bfloat16) left parameters in another dtype: {wrong[:5]}"
+    stats = [(n, b.dtype) for n, b in loaded.normalizer.named_buffers() if b.dtype != torch.float32]
+    assert not stats, f"normalization stats must stay float32: {stats[:5]}"
+    assert loaded.compute_dtype == torch.bfloat16, f"compute_dtype is {loaded.compute_dtype}"
+    assert all(v.dtype == torch.float32 for v in batch.values() if isinstance(v, Tensor) and v.is_floating_point())
+    actions = _predict(loaded, batch)
+    assert actions.dtype == torch.float32 and actions.shape == expected.shape, f"{actions.dtype} {tuple(actions.shape)}"
+    assert torch.isfinite(actions).all(), "bf16 actions contain NaN/Inf"
+    scale = policy.normalizer.normalize("action", expected).abs().mean().item() + 1.0
+    error = (policy.normalizer.normalize("action", actions) - policy.normalizer.normalize("action", expected))
+    assert error.abs().mean().item() <= 0.1 * scale, f"bf16 actions are far from fp32's: {error.abs().mean():.4f}"
+    loaded.train()
+    out = loaded(batch)
+    assert torch.isfinite(out.loss), f"bf16 loss is {out.loss}"
+    out.loss.backward()
+    grads = _grads(loaded)
+    assert grads and all(g.dtype == torch.bfloat16 and torch.isfinite(g).all() for g in grads.values())
+
+
 def check_compiled_inference(
     policy: nn.Module,
     batch: Mapping[str, Any],
@@ -442,6 +471,7 @@ def check_policy_contract(
     check_save_load(policy, batch, Path(workdir) / "saved")
     check_sharded_training(make, batch)
     check_bf16_autocast(policy, batch)
+    check_bf16_load(policy, batch, Path(workdir) / "saved-bf16")
     if getattr(policy, "supports_rtc", False):
         check_rtc(policy, batch)
     if compile_backend is not None:
@@ -452,6 +482,7 @@ __all__ = [
     "CONTRACT_FEATURES",
     "check_backbone",
     "check_bf16_autocast",
+    "check_bf16_load",
     "check_compiled_inference",
     "check_config_roundtrip",
     "check_head",

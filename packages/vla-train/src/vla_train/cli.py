@@ -59,6 +59,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if args.memory:
+        from vla_train.memory import describe_memory
+
+        print(describe_memory(args.path, ranks=args.ranks, lora=args.lora))
+        return 0
     from vla_train.info import describe
 
     print(describe(args.path))
@@ -81,6 +86,13 @@ def _convert_groot(args: argparse.Namespace) -> int:
     out = convert(args.src, args.dst, eagle_config=args.eagle_config, embodiment=args.embodiment,
                   normalization=args.normalization, tokenizer=args.tokenizer, **split)
     print(f"converted {args.src} -> {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from vla_train.adapters import export
+
+    print(f"wrote {export(args.src, args.dst, merge=args.merge, base=args.base)}")
     return 0
 
 
@@ -168,8 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     configs.add_argument("name", nargs="?", help="a built-in config's name, e.g. quickstart")
     configs.set_defaults(func=_configs)
     info = sub.add_parser("info", help="config, parameter counts and normalization stats of a policy")
-    info.add_argument("path")
+    info.add_argument("path", help="a policy directory, or with --memory a YAML config with the policy's features")
+    info.add_argument("--memory", action="store_true",
+                      help="estimate per-rank memory of weights, gradients and AdamW state (full FT, LoRA, FSDP2)")
+    info.add_argument("--ranks", type=int, default=1, help="with --memory: FSDP2 ranks to shard over")
+    info.add_argument("--lora", action="store_true", help="with --memory: add LoRA rows (the config's peft: section "
+                                                          "or the components' default targets, r=8)")
     info.set_defaults(func=_info)
+    export = sub.add_parser("export", help="LoRA adapters onto their base policy: as adapters, or merged (--merge)")
+    export.add_argument("src", help="an adapter directory, or a LoRA run directory (its adapter/)")
+    export.add_argument("dst")
+    export.add_argument("--merge", action="store_true", help="fold the adapters into the weights: a plain policy")
+    export.add_argument("--base", help="the base policy directory (default: the adapters' base_model_name_or_path)")
+    export.set_defaults(func=_export)
     convert = sub.add_parser("convert", help="convert a checkpoint, or export the toy task as a LeRobot dataset")
     kinds = convert.add_subparsers(dest="framework", required=True)
     lerobot = kinds.add_parser("lerobot", help="a LeRobot policy directory (0.6.x act, diffusion, pi0; 0.5.1 groot)")

@@ -38,6 +38,8 @@ class DiTFlowMatchingHead(FlowActionHead):
     """Flow-matching head with a cross-attention DiT and per-embodiment encoders (GR00T N1.5)."""
 
     config_class = DiTFlowMatchingConfig
+    # LoRA on the DiT blocks' attention (to_q/k/v/out) and feed-forward projections
+    lora_targets = ("dit.blocks.*.attn1.to_*", "dit.blocks.*.ff.net.*")
 
     def __init__(self, config: DiTFlowMatchingConfig) -> None:
         super().__init__()

@@ -114,6 +114,8 @@ class Pi0FlowHead(FlowActionHead):
     """
 
     config_class = Pi0FlowConfig
+    # LoRA on the expert's attention and MLP projections (openpi's gemma_300m_lora variant)
+    lora_targets = ("layers.*.self_attn.*_proj", "layers.*.mlp.*_proj")
 
     def __init__(self, config: Pi0FlowConfig) -> None:
         super().__init__()

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vla_heads.unet_diffusion.layers import ConvNormMish, ResidualBlock1d, SinusoidalEmbedding
+from vla_heads.unet_diffusion.layers import ConvNormMish, ResidualBlock1d, SinusoidalEmbedding, StepEncoder
 
 
 class EncoderLevel(nn.Module):
@@ -83,7 +83,7 @@ class ConditionalUnet1d(nn.Module):
         def res(c_in: int, c_out: int) -> ResidualBlock1d:
             return ResidualBlock1d(c_in, c_out, cond_dim, **block)
 
-        self.step_encoder = nn.Sequential(
+        self.step_encoder = StepEncoder(
             SinusoidalEmbedding(step_embed_dim),
             nn.Linear(step_embed_dim, 4 * step_embed_dim),
             nn.Mish(),
@@ -130,7 +130,7 @@ class ConditionalUnet1d(nn.Module):
         depends only on the step and a part that depends only on the sample
         (:meth:`ResidualBlock1d.film_table`): S + B rows per block instead of S * B.
         """
-        step_mish = F.mish(self.step_encoder(timesteps).to(global_cond.dtype))  # (S, E)
+        step_mish = F.mish(self.step_encoder(timesteps, global_cond.dtype))  # (S, E)
         global_mish = F.mish(global_cond)  # (B, G)
         parts = [block.film_table(step_mish, global_mish) for block in self.blocks()]
         return FilmTable(tuple(s for s, _ in parts), tuple(g for _, g in parts))
@@ -154,7 +154,7 @@ class ConditionalUnet1d(nn.Module):
                 raise ValueError(
                     "ConditionalUnet1d: pass `timestep` and `global_cond`, or precomputed `films`"
                 )
-            cond = torch.cat([self.step_encoder(timestep).to(global_cond.dtype), global_cond], dim=-1)
+            cond = torch.cat([self.step_encoder(timestep, global_cond.dtype), global_cond], dim=-1)
         film = iter(films) if films is not None else None
 
         def res(block: ResidualBlock1d, h: Tensor) -> Tensor:
