@@ -42,6 +42,18 @@ NOT_RUN = {
         "robot, server on another machine); packages/vla-train/tests/test_serve.py drives openpi-client",
     ("packages/vla-train/README.md", "vla convert lerobot path/to/pretrained_model"): "needs a LeRobot "
         "checkpoint; tests/interop/test_act_lerobot.py converts ones LeRobot writes",
+    ("README.md", "# GPU box: vla serve runs/toy_flow"): "a robot loop (robot, camera, server on another "
+        "machine); packages/vla-train/tests/test_serve_rtc.py drives openpi-client with __rtc__ requests",
+    ("packages/vla-train/README.md", '"__rtc__": {"prefix": chunk[s:], "delay": d}'): "a robot loop (robot, "
+        "camera, server on another machine); packages/vla-train/tests/test_serve_rtc.py drives openpi-client",
+    ("packages/vla-train/README.md", "vla info configs/pi0.yaml --memory"): "builds the 3B pi0 on the meta "
+        "device (about a minute); packages/vla-train/tests/test_memory.py runs `vla info --memory` on pi0_tiny",
+    ("packages/vla-train/README.md", "uv run vla train configs/toy_flow.yaml"): "trains for minutes; "
+        "packages/vla-train/tests/test_eval_async.py runs `vla eval --async --inference-delay --rtc`",
+    ("packages/vla-train/README.md", "a LeRobot 0.5.1 groot policy"): "needs a LeRobot groot checkpoint and "
+        "its base model; tests/interop/test_groot_convert_lerobot.py converts ones LeRobot writes",
+    ("packages/vla-train/README.md", "vla convert lerobot path/to/diffusion_policy"): "needs a LeRobot "
+        "checkpoint; tests/interop/test_diffusion_lerobot_options.py converts ones LeRobot writes",
 }
 
 # README -> Python run first, making the files the README's blocks name as the user's own
@@ -71,7 +83,7 @@ def test_every_block_is_run_or_listed_and_every_listing_matches_one_block():
         assert reason
     for readme in READMES:
         for lang, line, code in blocks(readme):
-            assert lang in ("python", "bash", ""), f"{readme}:{line}: unexpected block language {lang!r}"
+            assert lang in ("python", "bash", "yaml", ""), f"{readme}:{line}: unexpected block language {lang!r}"
             if lang == "bash":
                 assert skipped(readme, code), f"{readme}:{line}: a bash block neither run nor in NOT_RUN"
     runnable = {readme: [b for b in blocks(readme) if b[0] == "python" and not skipped(readme, b[2])]
@@ -90,3 +102,28 @@ def test_readme_python_blocks_run(readme, tmp_path):
     out = subprocess.run([sys.executable, "run_readme.py"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=1200, check=False)
     assert out.returncode == 0, f"{readme}:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+
+
+def _merged(base: dict, section: dict) -> dict:
+    out = dict(base)
+    for key, value in section.items():
+        out[key] = _merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def test_readme_yaml_blocks_are_valid_config_sections():
+    """Every ```yaml block, laid over the quick-start config, is a training config ``vla train`` accepts."""
+    import yaml
+    from vla_train.builtin_configs import resolve_config
+    from vla_train.config import TrainConfig
+
+    base = yaml.safe_load(resolve_config("quickstart").read_text())
+    checked = 0
+    for readme in READMES:
+        for lang, line, code in blocks(readme):
+            if lang == "yaml":
+                section = yaml.safe_load(code)
+                assert isinstance(section, dict), f"{readme}:{line}: not a mapping"
+                TrainConfig.from_dict(_merged(base, section))
+                checked += 1
+    assert checked
