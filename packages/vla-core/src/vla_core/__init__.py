@@ -60,6 +60,7 @@ from vla_core.registry import (
     build_head,
     build_projector,
 )
+from vla_core.rtc import FlowActionHead, FlowField, RTCGuide
 
 __version__ = "0.1.0"
 
@@ -89,6 +90,8 @@ __all__ = [
     "ContextNeeds",
     "ContextSpec",
     "FeatureType",
+    "FlowActionHead",
+    "FlowField",
     "HeadOutput",
     "KVGeometry",
     "LinearProjector",
@@ -100,6 +103,7 @@ __all__ = [
     "PolicyConfig",
     "PolicyFeature",
     "Projector",
+    "RTCGuide",
     "Registry",
     "TemporalEnsembler",
     "UnknownComponentError",

@@ -60,13 +60,15 @@ class CompiledSampler:
     device_type: str
     cuda_graphs: bool
 
-    def __call__(self, nbatch: Batch, *, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
+    def __call__(self, nbatch: Batch, *, noise: Tensor | None, generator: torch.Generator | None,
+                 **extra: Any) -> Tensor:
+        """``extra``: further ``sample_chunk`` keywords (``guide=`` for real-time chunking)."""
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the previous chunk's buffers may be reused now
         autocast = (torch.autocast(self.device_type, dtype=self.dtype) if self.dtype not in (None, torch.float32)
                     else contextlib.nullcontext())
         with autocast:
-            chunk = self.fn(nbatch, noise=noise, generator=generator)
+            chunk = self.fn(nbatch, noise=noise, generator=generator, **extra)
         return chunk.clone() if self.cuda_graphs else chunk  # a graph's output buffer is overwritten next call
 
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import abc
 import collections
+import itertools
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ from vla_core.interfaces import Batch, HeadOutput
 from vla_core.normalize import Normalizer, resolve_modes
 from vla_core.paths import is_local_path, missing_path_error
 from vla_core.registry import POLICIES
+from vla_core.rtc import RTCGuide, check_prefix
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -192,18 +195,73 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         batch, _ = self.prepare(batch, training=True)
         return self.compute_loss(self.normalizer.normalize_batch(batch))
 
+    @property
+    def supports_rtc(self) -> bool:
+        """Whether ``predict_action_chunk`` takes a ``prefix`` (real-time chunking; flow-matching heads)."""
+        return False
+
+    def rtc_unsupported_reason(self) -> str:
+        """Why this policy refuses a ``prefix`` (subclasses name their head)."""
+        return f"policy {self.registered_name!r} does not sample by flow matching"
+
     @torch.no_grad()
     def predict_action_chunk(
-        self, batch: Batch, *, noise: Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        batch: Batch,
+        *,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        prefix: Tensor | None = None,
+        delay: int = 0,
     ) -> Tensor:
-        """(B, H, A) actions in robot units. ``noise`` (B, H, A) seeds generative heads."""
+        """(B, H, A) actions in robot units. ``noise`` (B, H, A) seeds generative heads.
+
+        Real-time chunking (:mod:`vla_core.rtc`, flow-matching heads only, see :attr:`supports_rtc`):
+        ``prefix`` (H', A) or (B, H', A) holds the previous chunk's actions not yet executed when this
+        observation was taken, in robot units, aligned with this chunk's first rows (1 <= H' <= H);
+        ``delay`` (0 <= delay <= H') is how many of them run before this chunk arrives. The result's
+        first ``delay`` actions equal the prefix's exactly; the rest are guided to continue it.
+        """
         batch, bsz = self.prepare(batch)
         if noise is not None:
             want = (bsz, self.horizon, self.action_dim)
             if tuple(noise.shape) != want:
                 raise ValueError(f"noise: expected shape {want}, received {tuple(noise.shape)}")
+        nbatch = self.normalizer.normalize_batch(batch)
+        if prefix is None:
+            if delay != 0:
+                raise ValueError(f"delay: {delay!r} needs a prefix (the previous chunk's actions); received prefix=None")
+            return self._sample(nbatch, noise=noise, generator=generator)
+        prefix = self._rtc_prefix(prefix, bsz, delay)
+        guide = RTCGuide(self.normalizer.normalize(ACTION, prefix), delay, self.horizon)
+        chunk = self._sample(nbatch, noise=noise, generator=generator, guide=guide)
+        chunk[:, :delay] = prefix[:, :delay].to(chunk)  # exact in robot units, not only after a normalize round trip
+        return chunk
+
+    def _rtc_prefix(self, prefix: Any, bsz: int, delay: Any) -> Tensor:
+        """``prefix`` as a (B, H', A) tensor in the compute dtype, checked (with ``delay``)."""
+        if not self.supports_rtc:
+            raise ValueError(f"prefix: real-time chunking needs a flow-matching head (a vla_core.rtc.FlowActionHead "
+                             f"such as pi0_flow or dit_flow_matching); {self.rtc_unsupported_reason()}")
+        if not isinstance(prefix, Tensor):
+            try:
+                prefix = torch.as_tensor(prefix)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"prefix: expected an array (H', A) or (B, H', A), received "
+                                 f"{type(prefix).__name__}") from None
+        if prefix.dim() == 2:
+            prefix = prefix.unsqueeze(0).expand(bsz, -1, -1)
+        if prefix.dim() == 3 and prefix.shape[0] != bsz:
+            raise ValueError(f"prefix: expected (H', A) or (B, H', A) with B = {bsz} (the batch), received "
+                             f"{tuple(prefix.shape)}")
+        check_prefix(prefix, delay, self.horizon, self.action_dim)
+        device = next(itertools.chain(self.parameters(), self.buffers()), torch.empty(0)).device
+        return prefix.to(device=device, dtype=self.compute_dtype)
+
+    def _sample(self, nbatch: Batch, **kwargs: Any) -> Tensor:
+        """``sample_chunk`` (compiled when :meth:`compile` was called), unnormalized to robot units."""
         sample = self.sample_chunk if self._compiled is None else self._compiled
-        chunk = sample(self.normalizer.normalize_batch(batch), noise=noise, generator=generator)
+        chunk = sample(nbatch, **kwargs)
         if self._compiled is not None and self._compiled.dtype is not None:
             chunk = chunk.float()  # unnormalized in float32 (the stats are float32)
         return self.normalizer.unnormalize(ACTION, chunk)
@@ -319,8 +377,15 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         failure (a full disk) raises :class:`~vla_core.errors.CheckpointWriteError` naming the path and
         leaves no partial file (nor ``directory`` itself, when this call created it)."""
         directory = Path(directory)
+        unset = [key for key in self.normalizer.modes
+                 if any(bool(torch.isnan(b).all()) for b in self.normalizer.stats_of(key).values())]
+        if unset:
+            warnings.warn(f"saving a policy whose normalization stats are not set for {unset}: it cannot act "
+                          "until they are; set them with policy.normalizer.set_stats(dataset_stats) before saving",
+                          UserWarning, stacklevel=2)
         created = not directory.exists()
-        text = json.dumps({"type": self.registered_name, **self.config_to_save()}, indent=2, sort_keys=True)
+        # insertion order, not sorted: the order of the features is the order of the cameras
+        text = json.dumps({"type": self.registered_name, **self.config_to_save()}, indent=2)
         try:
             directory.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=".saving-", dir=directory) as tmp:
@@ -334,6 +399,27 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
             raise CheckpointWriteError(f"cannot save the policy to {directory}: {err}; the partial files were "
                                        "removed") from err
         return directory
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        **card: Any,
+    ):
+        """Save this policy and upload it to the Hugging Face Hub repo ``repo_id`` (created if needed) with a
+        model card (``README.md``); ``card`` goes to :func:`vla_core.hub.model_card` (``dataset``,
+        ``dataset_id``, ``train_config``, ``eval_results``, ``tags``). Returns huggingface_hub's
+        ``CommitInfo``. Load it back with ``load_policy(repo_id)``."""
+        from vla_core.hub import card_for_directory, push_folder
+
+        with tempfile.TemporaryDirectory(prefix="vla-push-") as tmp:
+            directory = self.save_pretrained(Path(tmp) / "policy")
+            return push_folder(directory, repo_id, card=card_for_directory(directory, repo_id=repo_id, **card),
+                               private=private, token=token, revision=revision, commit_message=commit_message)
 
     @classmethod
     def from_pretrained(

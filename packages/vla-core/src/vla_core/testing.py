@@ -15,7 +15,8 @@ for every trainable parameter the loss reaches), reproducible ``predict_action_c
 the ``save_pretrained`` / ``from_pretrained`` round trip, one training step under activation
 checkpointing and FSDP2 ``fully_shard`` on a 1-rank gloo group (equal to the plain step; every
 checkpointed unit called as a module and recomputed), inference on the sharded policy, one step under
-bf16 autocast, and ``Policy.compile`` of the inference path equal to eager without recompiling.
+bf16 autocast, ``Policy.compile`` of the inference path equal to eager without recompiling, and
+real-time chunking (:func:`check_rtc`) for policies that support it (flow-matching heads).
 """
 
 from __future__ import annotations
@@ -407,6 +408,21 @@ def check_compiled_inference(
                                        atol=atol, msg=f"compiled predict_action_chunk differs from eager (call {seed})")
 
 
+def check_rtc(policy: nn.Module, batch: Mapping[str, Any], *, delay: int = 1) -> None:
+    """Real-time chunking, for a policy whose ``supports_rtc``: with the previous chunk's tail as the
+    prefix, the first ``delay`` actions equal the prefix's exactly and every action is finite."""
+    policy.eval()
+    previous = _predict(policy, batch, seed=3)
+    shift = min(1, policy.horizon - 1)  # one action executed since the previous chunk started
+    prefix = previous[:, shift:]
+    delay = min(delay, prefix.shape[1])
+    actions = policy.predict_action_chunk(batch, prefix=prefix, delay=delay,
+                                          noise=torch.randn(previous.shape, generator=torch.Generator().manual_seed(4)))
+    assert tuple(actions.shape) == tuple(previous.shape), f"RTC predict_action_chunk gave {tuple(actions.shape)}"
+    assert torch.isfinite(actions).all(), "RTC actions contain NaN/Inf"
+    assert torch.equal(actions[:, :delay], prefix[:, :delay]), "RTC: the first delay actions differ from the prefix"
+
+
 def check_policy_contract(
     make_policy: Callable[[], nn.Module],
     workdir: str | os.PathLike,
@@ -426,6 +442,8 @@ def check_policy_contract(
     check_save_load(policy, batch, Path(workdir) / "saved")
     check_sharded_training(make, batch)
     check_bf16_autocast(policy, batch)
+    if getattr(policy, "supports_rtc", False):
+        check_rtc(policy, batch)
     if compile_backend is not None:
         check_compiled_inference(policy, batch, backend=compile_backend)
 
@@ -439,6 +457,7 @@ __all__ = [
     "check_head",
     "check_inference",
     "check_policy_contract",
+    "check_rtc",
     "check_save_load",
     "check_sharded_training",
     "check_training_step",

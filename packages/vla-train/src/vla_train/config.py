@@ -113,13 +113,27 @@ class CheckpointConfig(ComponentConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class LogConfig(ComponentConfig):
-    every: int = 10  # metrics.jsonl line every N steps
+    every: int = 10  # metrics.jsonl line (and tracker record) every N steps
     progress: bool = True
-    tensorboard: bool = False
+    trackers: tuple[str, ...] = ("jsonl",)  # any of jsonl, tensorboard, wandb, trackio (vla_train.trackers)
+    project: str = "vla"  # the wandb / trackio project
+    run_name: str | None = None  # the wandb / trackio run name (default: the run directory's name)
+    tensorboard: bool = False  # shorthand for adding "tensorboard" to trackers
     plot: bool = True
 
     def __post_init__(self) -> None:
+        from vla_train.trackers import TRACKERS
+
         check_positive("log", every=self.every)
+        for name in self.trackers:
+            if name not in TRACKERS:
+                raise ConfigError(f"log.trackers: expected names among {list(TRACKERS)}, received {name!r}."
+                                  f"{closest(str(name), TRACKERS)}")
+
+    @property
+    def active_trackers(self) -> tuple[str, ...]:
+        """``trackers`` with ``jsonl`` first and ``tensorboard`` when the shorthand is set, each once."""
+        return tuple(dict.fromkeys(("jsonl", *self.trackers, *(("tensorboard",) if self.tensorboard else ()))))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -311,10 +325,11 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML training config and apply ``--set`` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config not found: {path}")
+    """Read a YAML training config (a file, or a shipped config's name: ``quickstart``) and apply ``--set``
+    overrides."""
+    from vla_train.builtin_configs import resolve_config
+
+    path = resolve_config(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:

@@ -217,7 +217,7 @@ class Trainer:
     def _train(self) -> Path:
         cfg = self.config
         logger = MetricsLogger(self.run_dir, cfg.log, total_steps=cfg.steps, start_step=self.step,
-                               enabled=self.world.is_main)
+                               enabled=self.world.is_main, run_config=cfg.to_dict())
         logger.write(f"device {self.world.device}, {self.world.world_size} process(es), "
                      f"fsdp {'on' if self.sharded else 'off'}, mixed precision {self.mixed_precision}, "
                      f"micro-batch {self.micro_batch_size} x {cfg.optim.grad_accum_steps} accumulation")

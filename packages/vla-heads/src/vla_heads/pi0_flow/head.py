@@ -23,19 +23,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from vla_core import (
     HEADS,
-    ActionHead,
     BackboneOutput,
     ComponentConfig,
     ConfigError,
     ContextNeeds,
     ContextSpec,
+    FlowActionHead,
+    FlowField,
     HeadOutput,
 )
 from vla_core.config import check_positive
 from vla_core.features import ACTION, ACTION_IS_PAD, OBS_STATE
 
 from vla_heads.pi0_flow.expert import ExpertLayer, attention_bias, gemma_modules, rope_cos_sin, suffix_allowed
-from vla_heads.pi0_flow.flow import euler_sample, interpolate, sample_time, sinusoidal_time_embedding
+from vla_heads.pi0_flow.flow import interpolate, sample_time, sinusoidal_time_embedding
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,8 +105,9 @@ class Pi0FlowConfig(ComponentConfig):
 
 
 @HEADS.register("pi0_flow")
-class Pi0FlowHead(ActionHead):
-    """pi0 action expert: ``forward`` -> flow-matching loss, ``predict_action`` -> (B, H, A) by Euler.
+class Pi0FlowHead(FlowActionHead):
+    """pi0 action expert: ``forward`` -> flow-matching loss, ``predict_action`` -> (B, H, A) by Euler
+    (RTC-guided with ``guide=``, see :mod:`vla_core.rtc`).
 
     Needs ``context.past_key_values``: per-layer (k, v) of shape (B, Hkv, P, d) and
     ``context.attention_mask`` (B, P), as the ``paligemma`` backbone returns them.
@@ -255,15 +257,16 @@ class Pi0FlowHead(ActionHead):
     def forward(self, context: BackboneOutput, batch: Any) -> HeadOutput:
         return self.compute_loss(context, batch)
 
-    def predict_action(
+    def flow_field(
         self, context: BackboneOutput, batch: Any, *, noise: Tensor | None = None,
         generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """(B, H, A) normalized actions: Euler from t = 1 to 0 in ``num_inference_steps`` steps.
+    ) -> FlowField:
+        """The expert's field in RTC's time ``tau = 1 - t`` (``dx/dtau = -v``) and the start noise (B, H, A_max).
 
         The state token, rotary tables and attention bias are computed once; the prefix K/V are the
         backbone's, unchanged, at every step. ``noise`` (B, H, A) is zero-padded to ``max_action_dim``;
-        without it, noise for all ``max_action_dim`` dims is drawn.
+        without it, noise for all ``max_action_dim`` dims is drawn. Euler on this field is pi0's Euler
+        from t = 1 to 0 (``t = 1 - k / steps``), bit for bit: negating both ``dt`` and ``v`` is exact.
         """
         c = self.config
         kv = self.prefix_kv(context)
@@ -274,5 +277,10 @@ class Pi0FlowHead(ActionHead):
             gen_device = generator.device if generator is not None else device
             noise = torch.randn(bsz, c.horizon, c.max_action_dim, generator=generator, device=gen_device).to(device)
         noise = self._pad(noise.float().to(device), c.max_action_dim)
-        chunk = euler_sample(lambda x, t: self.velocity(x, t, state_tok, kv, suffix), noise, c.num_inference_steps)
-        return chunk[..., : c.action_dim]
+        dt = -1.0 / c.num_inference_steps
+
+        def velocity(x: Tensor, k: int) -> Tensor:
+            t = torch.full((bsz,), 1.0 + k * dt, dtype=torch.float32, device=device)
+            return -self.velocity(x, t, state_tok, kv, suffix)
+
+        return FlowField(noise=noise, steps=c.num_inference_steps, velocity=velocity)

@@ -8,7 +8,8 @@ Structure (``down_dims = (d0, d1, d2)``, action dim A, horizon H), LeRobot's lay
 - ``mid[0..1]``: residual blocks at the widest level
 - ``decoder[i]``: ``res1`` (2 d -> d'), ``res2``, ``upsample`` (transposed conv, x2); the input is the
   previous output concatenated with the matching encoder output (skip connection)
-- ``final_block`` (Conv-GroupNorm-Mish at d0) and ``final_proj`` (1x1 conv to A)
+- ``final_block`` (Conv-GroupNorm-Mish at d0, ``final_n_groups`` groups: ``n_groups`` unless set, 8 in
+  LeRobot whatever its ``n_groups``) and ``final_proj`` (1x1 conv to A)
 
 Every residual block is FiLM-conditioned on ``cond = [step_embedding(t), global_cond]`` (B, E+G).
 For sampling, :meth:`ConditionalUnet1d.film_table` computes every block's FiLM parameters for all
@@ -73,6 +74,7 @@ class ConditionalUnet1d(nn.Module):
         n_groups: int = 8,
         step_embed_dim: int = 128,
         scale_modulation: bool = True,
+        final_n_groups: int | None = None,
     ) -> None:
         super().__init__()
         cond_dim = step_embed_dim + global_cond_dim
@@ -108,7 +110,7 @@ class ConditionalUnet1d(nn.Module):
             )
             for i in reversed(range(len(down_dims) - 1))
         )
-        self.final_block = ConvNormMish(down_dims[0], down_dims[0], kernel_size, n_groups)
+        self.final_block = ConvNormMish(down_dims[0], down_dims[0], kernel_size, final_n_groups or n_groups)
         self.final_proj = nn.Conv1d(down_dims[0], action_dim, 1)
 
     def blocks(self) -> list[ResidualBlock1d]:
