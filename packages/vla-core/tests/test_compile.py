@@ -127,3 +127,13 @@ def test_bf16_casts_weights_keeps_float32_stats_and_returns_float32():
     again = policy.predict_action_chunk(batch)
     assert again.dtype == torch.float32
     torch.testing.assert_close(again, got, rtol=0, atol=0)
+
+
+def test_fullgraph_captures_the_whole_sampling_path_in_one_graph():
+    policy = make_policy()
+    batch = batch_for(policy)
+    want = policy.predict_action_chunk(batch)
+    backend = CountingBackend()
+    policy.compile(backend=backend, fullgraph=True)
+    torch.testing.assert_close(policy.predict_action_chunk(batch), want, rtol=0, atol=0)
+    assert backend.graphs == 1
