@@ -82,8 +82,8 @@ def build(args):
     FlowmatchingActionHead, FlowmatchingActionHeadConfig = import_lerobot_head(args.lerobot_src)
     torch.manual_seed(0)
     theirs = FlowmatchingActionHead(FlowmatchingActionHeadConfig(**cfg)).to(args.device)
-    fields = head_config_from_groot(cfg)
-    fields.update(state_dim=64, embodiments={"new_embodiment": args.embodiments - 1})
+    fields = head_config_from_groot(cfg, embodiments={"new_embodiment": args.embodiments - 1})
+    fields.update(state_dim=64)
     with torch.device("meta"):
         ours = DiTFlowMatchingHead(DiTFlowMatchingConfig.from_dict(fields))
     tensors = apply_name_mapping(

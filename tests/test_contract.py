@@ -2,7 +2,7 @@
 
 A pair either builds and passes every check the trainer relies on (training step, reproducible
 inference, save/load, activation checkpointing + FSDP2 on a 1-rank gloo group, bf16 autocast,
-``torch.compile``), or is refused when the policy is built with a ConfigError that names what the head
+``Policy.compile`` equal to eager with no recompilation across calls with the same shapes), or is refused when the policy is built with a ConfigError that names what the head
 needs and what the backbone gives. A new component is covered by declaring its ``tiny_config``.
 """
 

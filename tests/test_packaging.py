@@ -103,3 +103,57 @@ def test_vla_core_installs_alone_from_its_wheel(dist, tmp_path):
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [project("vla-core")["version"], "['linear',", "'mlp']"]
+
+
+LICENSE_TEXT = (ROOT / "LICENSE").read_text()
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_wheel_carries_the_apache_license_and_full_metadata(dist, package):
+    assert "Apache License" in LICENSE_TEXT and "END OF TERMS AND CONDITIONS" in LICENSE_TEXT
+    assert (ROOT / "packages" / package / "LICENSE").read_text() == LICENSE_TEXT
+    meta, names = wheel_metadata(dist, package)
+    (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    (wheel,) = dist.glob(f"{package.replace('-', '_')}-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        assert zf.read(license_file).decode() == LICENSE_TEXT
+    assert meta["License-Expression"] == "Apache-2.0"
+    assert meta["Author"]
+    classifiers = meta.get_all("Classifier")
+    assert "Programming Language :: Python :: 3" in classifiers and "Typing :: Typed" in classifiers
+    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
+    assert urls["Repository"] == "https://github.com/vla-project/vla"
+    assert urls["Changelog"].endswith(f"packages/{package}/CHANGELOG.md")
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_torch_lower_bound_is_the_first_with_public_fsdp2(package):
+    # `torch.distributed.fsdp.fully_shard` (FSDP2's public API, used by vla_core.parallel) is in torch >= 2.6;
+    # 2.4 and 2.5 only had the private `torch.distributed._composable.fsdp`.
+    torch_reqs = [r for r in project(package)["dependencies"] if r.startswith("torch>")]
+    assert torch_reqs == ["torch>=2.6"]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_readme_links_work_off_the_repository(package):
+    # PyPI shows the README without the repository: relative links there would break
+    import re
+
+    text = (ROOT / "packages" / package / "README.md").read_text()
+    relative = [t for t in re.findall(r"\]\(([^)#\s]+)", text) if not t.startswith(("http://", "https://"))]
+    assert not relative, f"{package}/README.md has relative links: {relative}"
+
+
+def test_vla_train_extras_bring_the_models_and_the_trackers():
+    extras = tomllib.loads((ROOT / "packages" / "vla-train" / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert extras["models"] == ["vla-backbones>=0.1,<0.2", "vla-heads>=0.1,<0.2"]
+    assert extras["wandb"][0].startswith("wandb") and extras["trackio"][0].startswith("trackio")
+    assert "wandb" not in extras["all"][0] and "trackio" not in extras["all"][0]
+
+
+def test_the_built_in_configs_ship_in_the_vla_train_wheel(dist):
+    _, names = wheel_metadata(dist, "vla-train")
+    shipped = {Path(n).name for n in names if n.startswith("vla_train/configs/") and n.endswith(".yaml")}
+    assert shipped == {p.name for p in (ROOT / "packages/vla-train/src/vla_train/configs").glob("*.yaml")}
+    assert "quickstart.yaml" in shipped

@@ -1,8 +1,8 @@
 """Parity with LeRobot 0.6.1 ACT on every option: LeRobot writes each checkpoint (in its side venv), we
 convert and compare.
 
-One peer process (``tests/peer_scripts/lerobot_act_checkpoint.py --serve``; importing LeRobot's ACT
-takes tens of seconds) writes every case of the module: the one-at-a-time sweep is queued when the
+One peer process (``tests/peer_scripts/lerobot_act_checkpoint.py --serve``, driven by
+``tests/support/peer_serve.py``; importing LeRobot's ACT takes tens of seconds) writes every case of the module: the one-at-a-time sweep is queued when the
 module starts, so LeRobot writes the next case while we check the current one; the hypothesis
 combinations are sent one by one. Each case is a tiny ACTPolicy with random weights and random
 normalization stats, saved with ``save_pretrained`` plus its processors, a raw batch and LeRobot's
@@ -26,6 +26,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from peer_serve import PeerServer as Peer
 from safetensors.torch import load_file, save_file
 from vla_core import CheckpointError, ConfigError, VLAPolicy
 from vla_train.convert import convert_lerobot
@@ -91,47 +92,9 @@ SWEEP: dict[str, dict[str, Any]] = {
 KEEP = {"defaults"}  # reused by the CLI and refusal tests below
 
 
-class Peer:
-    """The serving peer script: cases go in as JSON lines, one reply line per case comes back."""
-
-    def __init__(self, python: Path, root: Path) -> None:
-        self.root, self.replies, self.submitted = root, {}, set()
-        self.log = (root / "peer.log").open("w")
-        self.proc = subprocess.Popen([str(python), str(SCRIPT), str(root), "--serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
-
-    def submit(self, name: str, case: dict[str, Any]) -> None:
-        spec = {k: v for k, v in case.items() if k != "refused"}
-        self.proc.stdin.write(json.dumps({"name": name, **spec}) + "\n")
-        self.proc.stdin.flush()
-        self.submitted.add(name)
-
-    def result(self, name: str) -> Path:
-        """OUT_ROOT/<name> once the peer wrote it (a :data:`SWEEP` case not yet sent is sent now)."""
-        if name not in self.submitted:
-            self.submit(name, SWEEP[name])
-        while name not in self.replies:
-            line = self.proc.stdout.readline()
-            if not line:
-                self.log.flush()
-                raise AssertionError(f"peer exited ({self.proc.poll()}):\n{(self.root / 'peer.log').read_text()[-3000:]}")
-            reply = json.loads(line)
-            self.replies[reply["name"]] = reply
-        reply = self.replies[name]
-        assert reply["ok"], f"peer failed on {name}: {reply['error']}\n{reply.get('traceback', '')}"
-        return self.root / name
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        if self.submitted - set(self.replies):  # cases nobody asked for (a -k selection): stop now
-            self.proc.kill()
-        self.proc.wait(timeout=120)
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def peer(lerobot_061_python, tmp_path_factory, request):
-    peer = Peer(lerobot_061_python, tmp_path_factory.mktemp("lerobot_act"))
+    peer = Peer(lerobot_061_python, SCRIPT, tmp_path_factory.mktemp("lerobot_act"), cases=SWEEP)
     selected = [item.callspec.params["name"] for item in request.session.items
                 if getattr(item, "originalname", None) == "test_option_sweep" and item.path == Path(__file__)]
     for name in dict.fromkeys(["defaults", *selected]):  # queued now: LeRobot writes while we check

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from vla_core import BackboneOutput, load_tensors
 from vla_heads.dit_flow_matching import DiTFlowMatchingHead
 from vla_heads.dit_flow_matching.convert import head_config_from_groot, load_groot_head
@@ -26,17 +25,17 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def reference(lerobot_051_python, tmp_path_factory):
     out = tmp_path_factory.mktemp("groot_head")
-    proc = subprocess.run([str(lerobot_051_python), str(SCRIPT), str(out)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([str(lerobot_051_python), str(SCRIPT), str(out)], check=False, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
 @pytest.fixture(scope="module")
 def ours(reference):
-    cfg = head_config_from_groot(json.loads((reference / "config.json").read_text()), action_dim=4)
-    head = DiTFlowMatchingHead.config_class.from_dict(
-        {**cfg, "state_dim": 5, "embodiments": {"new_embodiment": 4, "other": 1}, "num_embodiments": 5}
-    )
+    cfg = head_config_from_groot(json.loads((reference / "config.json").read_text()), action_dim=4,
+                                 embodiments={"new_embodiment": 4, "other": 1})
+    assert cfg["num_embodiments"] == 5 and cfg["default_embodiment"] == "new_embodiment"
+    head = DiTFlowMatchingHead.config_class.from_dict({**cfg, "state_dim": 5})
     head = DiTFlowMatchingHead(head)
     report = load_groot_head(head, load_tensors(reference / "model.safetensors"))
     assert report.ok, str(report)

@@ -67,7 +67,8 @@ def test_nan_weights_load_with_a_loud_warning_when_allowed(saved):
 
 def test_unset_normalization_stats_are_not_broken_weights(tmp_path):
     torch.manual_seed(0)
-    VLAPolicy.from_config(policy_config()).save_pretrained(tmp_path / "p")  # stats never set: all NaN
+    with pytest.warns(UserWarning, match="normalization stats are not set"):
+        VLAPolicy.from_config(policy_config()).save_pretrained(tmp_path / "p")  # stats never set: all NaN
     policy = VLAPolicy.from_pretrained(tmp_path / "p")
     with pytest.raises(RuntimeError, match="normalization stats for .* are not set"):
         policy.predict_action_chunk({"observation.images.top": torch.rand(1, 3, 8, 8),
@@ -216,3 +217,25 @@ def test_save_pretrained_on_a_real_full_tmpfs(tmp_path):
     assert result["error"] is not None and f"cannot save the policy to {mount / 'p'}" in result["error"]
     assert "No space left on device" in result["error"]
     assert result["left"] == []
+
+
+def test_saved_policy_files_are_readable_by_others(tmp_path):
+    # mkstemp makes 0600 files; a saved policy gets the mode open() gives (0644 under umask 022)
+    old = os.umask(0o022)
+    try:
+        directory = make_policy().save_pretrained(tmp_path / "p")
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors"):
+        assert (directory / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_saving_a_policy_without_stats_warns_by_key(tmp_path):
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"normalization stats are not set for \[.*'action'.*\]"):
+        VLAPolicy.from_config(policy_config()).save_pretrained(tmp_path / "p")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_policy().save_pretrained(tmp_path / "q")  # stats set: silent

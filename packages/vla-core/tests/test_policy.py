@@ -4,11 +4,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vla_test_components import FEATURES, policy_config, set_unit_stats
-
 from vla_core import ConfigError, PolicyConfig, TemporalEnsembler, VLAPolicy
 from vla_core.errors import UnknownComponentError
 from vla_core.testing import random_batch
+from vla_test_components import FEATURES, policy_config, set_unit_stats
 
 
 def make_policy(**overrides):
@@ -103,6 +102,19 @@ def test_save_and_load_round_trip(tmp_path):
     loaded = VLAPolicy.from_pretrained(tmp_path / "p")
     torch.testing.assert_close(loaded.predict_action_chunk(batch), policy.predict_action_chunk(batch))
     assert torch.equal(loaded.normalizer.stats_of("action")["mean"], policy.normalizer.stats_of("action")["mean"])
+
+
+def test_camera_order_survives_save_and_load(tmp_path):
+    """Cameras not in alphabetical order keep their order (the order of the image tokens) through
+    config.json; a sorted config.json reordered them and the reload failed."""
+    cams = {"observation.images.wrist": {"type": "VISUAL", "shape": [3, 8, 8]},
+            "observation.images.top": {"type": "VISUAL", "shape": [3, 8, 8]}}
+    policy = make_policy(input_features={**cams, "observation.state": {"type": "STATE", "shape": [3]}})
+    assert policy.config.backbone["image_keys"] == list(cams)
+    policy.save_pretrained(tmp_path / "p")
+    loaded = VLAPolicy.from_pretrained(tmp_path / "p")
+    assert loaded.config.backbone["image_keys"] == list(cams)
+    assert list(loaded.input_features)[:2] == list(cams)
 
 
 def test_saved_policy_does_not_depend_on_its_initial_weight_files(tmp_path):

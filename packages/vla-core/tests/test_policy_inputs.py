@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from vla_core import VLAPolicy
+from vla_core import ConfigError, VLAPolicy
 from vla_core.testing import random_batch
 from vla_test_components import policy_config, set_unit_stats
 
@@ -45,8 +45,49 @@ def test_a_bf16_policy_takes_float32_observations():
     batch = batch_for(policy)
     chunk = policy.predict_action_chunk(batch)
     cast = {k: v.bfloat16() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in batch.items()}
-    assert chunk.dtype == torch.bfloat16 and torch.equal(chunk, policy.predict_action_chunk(cast))
-    assert policy.select_action(observation(policy, 1)).dtype == torch.bfloat16
+    assert chunk.dtype == torch.float32 and torch.equal(chunk, policy.predict_action_chunk(cast))
+    assert policy.select_action(observation(policy, 1)).dtype == torch.float32
+
+
+def test_normalization_stats_stay_float32_and_exact_when_the_policy_is_cast():
+    policy = make_policy()
+    before = {k: v.clone() for k, v in policy.normalizer.state_dict().items()}
+    for cast in (lambda p: p.to(torch.bfloat16), lambda p: p.half(), lambda p: p.set_dtype("bf16")):
+        cast(policy)
+        for key, value in policy.normalizer.state_dict().items():
+            assert value.dtype == torch.float32 and torch.equal(value, before[key]), key
+    assert {p.dtype for p in policy.parameters()} == {torch.bfloat16}
+
+
+def test_compute_dtype_follows_most_parameter_elements():
+    policy = make_policy().to(torch.bfloat16)
+    small = min(policy.parameters(), key=lambda p: p.numel())
+    small.data = small.data.float()  # e.g. an fp32 adapter on a bf16 base
+    assert policy.compute_dtype == torch.bfloat16
+    policy.float()
+    assert policy.compute_dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, "bfloat16", "bf16", "torch.bfloat16"])
+def test_from_pretrained_in_bf16(dtype, tmp_path):
+    policy = make_policy()
+    batch = batch_for(policy)
+    policy.save_pretrained(tmp_path)
+    loaded = VLAPolicy.from_pretrained(tmp_path, dtype=dtype)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert {b.dtype for b in loaded.normalizer.buffers()} == {torch.float32}
+    weights = {k: v for k, v in policy.state_dict().items() if not k.startswith("normalizer.")}
+    for key, value in weights.items():  # the checkpoint's fp32 values, rounded once to bf16
+        assert torch.equal(loaded.state_dict()[key], value.to(torch.bfloat16)), key
+    chunk = loaded.predict_action_chunk(batch)  # float32 observations
+    assert chunk.dtype == torch.float32
+    torch.testing.assert_close(chunk, policy.predict_action_chunk(batch), rtol=0.05, atol=0.05)
+
+
+def test_from_pretrained_refuses_an_unknown_dtype(tmp_path):
+    make_policy().save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"from_pretrained\(dtype\): expected one of .*bfloat16.*received 'int8'"):
+        VLAPolicy.from_pretrained(tmp_path, dtype="int8")
 
 
 def test_uint8_images_become_floats_in_0_1():

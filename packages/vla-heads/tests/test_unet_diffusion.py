@@ -339,6 +339,19 @@ def test_config_errors_name_the_field():
         make_head(num_inference_steps=50)
 
 
+def test_final_block_groups_default_to_n_groups_and_can_differ():
+    """LeRobot's final Conv-GroupNorm-Mish block has 8 groups whatever ``n_groups``: ``final_n_groups``."""
+    assert make_head().unet.final_block.norm.num_groups == 4  # n_groups of TINY
+    head = make_head(final_n_groups=8)
+    assert head.unet.final_block.norm.num_groups == 8
+    assert {b.conv1.norm.num_groups for b in head.unet.blocks()} == {4}
+    with pytest.raises(ConfigError, match="final_n_groups"):
+        make_head(final_n_groups=3)
+    with pytest.raises(ConfigError, match="sigmoid"):
+        make_head(beta_schedule="sigmoid", noise_scheduler_type="DDIM")
+    assert make_head(beta_schedule="sigmoid").noise_scheduler.config.beta_schedule == "sigmoid"
+
+
 def test_tiny_config_builds_a_small_working_head(tmp_path):
     fields = UNetDiffusionHead.tiny_config(tmp_path)
     assert "type" not in fields and "action_dim" not in fields and "context_dim" not in fields

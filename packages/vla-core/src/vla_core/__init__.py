@@ -14,6 +14,7 @@ from vla_core.checkpoint import (
     load_tensors,
     save_safetensors,
 )
+from vla_core.compiled import COMPILE_MODES
 from vla_core.config import ComponentConfig
 from vla_core.errors import (
     CheckpointError,
@@ -59,6 +60,7 @@ from vla_core.registry import (
     build_head,
     build_projector,
 )
+from vla_core.rtc import FlowActionHead, FlowField, RTCGuide
 
 __version__ = "0.1.0"
 
@@ -66,6 +68,7 @@ __all__ = [
     "ACTION",
     "ACTION_IS_PAD",
     "BACKBONES",
+    "COMPILE_MODES",
     "EMBODIMENT_ID",
     "HEADS",
     "OBS_ENV_STATE",
@@ -87,6 +90,8 @@ __all__ = [
     "ContextNeeds",
     "ContextSpec",
     "FeatureType",
+    "FlowActionHead",
+    "FlowField",
     "HeadOutput",
     "KVGeometry",
     "LinearProjector",
@@ -98,6 +103,7 @@ __all__ = [
     "PolicyConfig",
     "PolicyFeature",
     "Projector",
+    "RTCGuide",
     "Registry",
     "TemporalEnsembler",
     "UnknownComponentError",

@@ -20,9 +20,20 @@ from vla_core.errors import CheckpointError, CheckpointWriteError
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the process umask (``0o644`` under the usual
+    ``022``). ``os.umask`` can only be read by setting it, so it is set straight back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``; on any error the old file is untouched and the
-    temporary file removed. A failed write (a full disk) raises :class:`CheckpointWriteError` naming ``path``."""
+    temporary file removed. A failed write (a full disk) raises :class:`CheckpointWriteError` naming ``path``.
+
+    The file gets the mode a plain ``open()`` would give (``0o644`` under the usual umask), not the
+    ``0o600`` of the ``mkstemp`` temporary file: saved policies are readable by the team and by servers."""
     path = Path(path)
     tmp = None
     try:
@@ -30,6 +41,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         write(tmp)
+        os.chmod(tmp, _file_mode())  # after write: a writer may recreate the file
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -148,3 +148,21 @@ def check_positive(owner: str, **values: float) -> None:
     for field, value in values.items():
         if value is None or value <= 0:
             raise ConfigError(f"{owner}.{field}: expected a positive number, received {value!r}")
+
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def resolve_dtype(value: Any, where: str) -> Any:
+    """A floating ``torch.dtype`` from a dtype or its name (``"bfloat16"``, ``"bf16"``, ``"float32"``,
+    ``"fp16"``, ...); anything else raises :class:`ConfigError` naming ``where``."""
+    import torch
+
+    if isinstance(value, torch.dtype) and value in (torch.float32, torch.bfloat16, torch.float16):
+        return value
+    name = value.removeprefix("torch.") if isinstance(value, str) else None
+    if name not in DTYPES:
+        raise ConfigError(f"{where}: expected one of {sorted(set(DTYPES.values()))} (or torch.float32, "
+                          f"torch.bfloat16, torch.float16), received {value!r}")
+    return getattr(torch, DTYPES[name])

@@ -102,6 +102,11 @@ class Component(nn.Module, metaclass=abc.ABCMeta):
     # A saved policy carries its weights, so ``VLAPolicy.save_pretrained`` writes these as None.
     weight_source_fields: ClassVar[tuple[str, ...]] = ()
 
+    # Default LoRA targets: glob patterns over the component's own module names (e.g.
+    # "layers.*.self_attn.*_proj"), the attention and MLP projections a fine-tune adapts. The trainer's
+    # ``peft`` section uses them when it names no ``target_modules`` (vla_train.adapters).
+    lora_targets: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def tiny_config(cls, workdir: Path) -> dict[str, Any]:
         """Config fields (no ``type``) of a tiny instance that builds in well under a second.

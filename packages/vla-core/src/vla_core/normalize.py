@@ -70,12 +70,25 @@ def resolve_modes(features: Mapping[str, PolicyFeature], modes: Mapping[str, str
 
 
 class _FeatureStats(nn.Module):
+    """One feature's stats, float32 whatever the module around them is cast to: ``policy.to(torch.bfloat16)``
+    (or ``.half()``) moves them to the new device but keeps their dtype, so a bf16 policy normalizes with
+    exact statistics (the result is cast to the input's dtype)."""
+
     nan_means_unset = True  # all-NaN stats are "not set yet", not broken weights (vla_core.checkpoint)
 
     def __init__(self, names: tuple[str, ...], shape: tuple[int, ...]) -> None:
         super().__init__()
         for name in names:
             self.register_buffer(name, torch.full(shape, float("nan")))
+
+    def _apply(self, fn, recurse: bool = True):  # nn.Module's hook behind .to() / .cuda() / .half()
+        def keep_dtype(tensor: Tensor) -> Tensor:
+            out = fn(tensor)
+            if tensor.is_floating_point() and out.dtype != tensor.dtype:
+                return tensor.to(device=out.device)
+            return out
+
+        return super()._apply(keep_dtype, recurse)
 
 
 class Normalizer(nn.Module):

@@ -41,6 +41,7 @@ from vla_core.interfaces import (
 )
 from vla_core.policy_base import BasePolicyConfig, Policy
 from vla_core.registry import BACKBONES, HEADS, POLICIES, PROJECTORS
+from vla_core.rtc import FlowActionHead, RTCGuide
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,8 +247,20 @@ class VLAPolicy(Policy):
     def compute_loss(self, nbatch: Batch) -> HeadOutput:
         return self.head(self.encode(nbatch), nbatch)
 
-    def sample_chunk(self, nbatch: Batch, *, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
-        return self.head.predict_action(self.encode(nbatch), nbatch, noise=noise, generator=generator)
+    def sample_chunk(self, nbatch: Batch, *, noise: Tensor | None, generator: torch.Generator | None,
+                     guide: RTCGuide | None = None) -> Tensor:
+        """Normalized chunk (B, H, A); ``guide`` (real-time chunking) only for a :class:`FlowActionHead`."""
+        if guide is None:
+            return self.head.predict_action(self.encode(nbatch), nbatch, noise=noise, generator=generator)
+        return self.head.predict_action(self.encode(nbatch), nbatch, noise=noise, generator=generator, guide=guide)
+
+    @property
+    def supports_rtc(self) -> bool:
+        """True when the head is a :class:`~vla_core.rtc.FlowActionHead` (pi0_flow, dit_flow_matching)."""
+        return isinstance(self.head, FlowActionHead)
+
+    def rtc_unsupported_reason(self) -> str:
+        return f"this policy's head {self.config.head['type']!r} is not one"
 
     # ----------------------------------------------------------------- saving
     def config_to_save(self) -> dict[str, Any]:

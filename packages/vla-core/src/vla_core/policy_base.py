@@ -9,6 +9,9 @@ on normalized batches:
 - ``compute_loss(nbatch) -> HeadOutput`` (training), and
 - ``sample_chunk(nbatch, *, noise, generator) -> Tensor`` (B, H, A), normalized actions.
 
+``compile(mode, backend=, dtype=)`` swaps ``sample_chunk`` for a ``torch.compile``-d one (CUDA graphs,
+bf16 weights optional; :mod:`vla_core.compiled`) behind ``predict_action_chunk``.
+
 Policies register under names in ``POLICIES`` (entry-point group ``vla.policies``); the generic
 :class:`~vla_core.policy.VLAPolicy` is ``"vla"``. ``config.json`` records the name, so
 :func:`load_policy` rebuilds any registered policy from a saved directory.
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import abc
 import collections
+import itertools
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +37,15 @@ from torch import Tensor, nn
 
 from vla_core.actions import ActionQueue, TemporalEnsembler
 from vla_core.checkpoint import atomic_write, load_checkpoint, save_safetensors
-from vla_core.config import ComponentConfig
+from vla_core.compiled import COMPILE_MODES, CompiledSampler, compile_sampler
+from vla_core.config import ComponentConfig, resolve_dtype
 from vla_core.errors import CheckpointWriteError, ConfigError
 from vla_core.features import ACTION, FeatureType, PolicyFeature, parse_features, prepare_batch
 from vla_core.interfaces import Batch, HeadOutput
 from vla_core.normalize import Normalizer, resolve_modes
 from vla_core.paths import is_local_path, missing_path_error
 from vla_core.registry import POLICIES
+from vla_core.rtc import RTCGuide, check_prefix
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -116,6 +123,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
     horizon: int
     # The dtype FSDP's mixed precision computes in (set by vla_core.parallel.apply_fsdp2), else None.
     mixed_precision_dtype: torch.dtype | None = None
+    COMPILE_MODES: ClassVar[tuple[str, ...]] = COMPILE_MODES  # what compile(mode=...) takes (None = "default")
 
     def __init__(self, config: BasePolicyConfig | Mapping[str, Any]) -> None:
         super().__init__()
@@ -127,6 +135,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         self.normalizer = Normalizer({**self.input_features, **self.output_features}, config.normalization)
         self._selection: tuple[ActionQueue, TemporalEnsembler | None] | None = None
         self._obs_history: dict[str, collections.deque] = {}
+        self._compiled: CompiledSampler | None = None
 
     # ----------------------------------------------------------------- what subclasses implement
     @abc.abstractmethod
@@ -158,12 +167,26 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """The dtype floating inputs are cast to: :attr:`mixed_precision_dtype` when set, else the dtype of
-        the floating parameters (float32 when they differ, or when there are none)."""
+        """The dtype floating inputs are cast to: :attr:`mixed_precision_dtype` when set, else the dtype
+        holding most floating parameter elements (a bf16 base with fp32 LoRA adapters computes in bf16;
+        float32 on a tie or when there are none)."""
         if self.mixed_precision_dtype is not None:
             return self.mixed_precision_dtype
-        dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
-        return dtypes.pop() if len(dtypes) == 1 else torch.float32
+        counts: dict[torch.dtype, int] = {}
+        for p in self.parameters():
+            if p.is_floating_point():
+                counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+        if not counts:
+            return torch.float32
+        most = max(counts.values())
+        winners = [d for d, n in counts.items() if n == most]
+        return winners[0] if len(winners) == 1 else torch.float32
+
+    def set_dtype(self, dtype: torch.dtype | str) -> Policy:
+        """Hold every floating parameter and buffer in ``dtype`` (``torch.bfloat16``, ``"bf16"``, ...),
+        except the normalization stats, which stay float32. Inputs are then cast to ``dtype`` at the
+        boundary and actions come back as float32. Returns ``self``."""
+        return self.to(resolve_dtype(dtype, f"{type(self).__name__}.set_dtype(dtype)"))
 
     def prepare(self, batch: Batch, *, training: bool = False, single_step: bool = False) -> tuple[Batch, int]:
         """``(checked batch, B)``: ``batch`` checked against the features (and the target when
@@ -186,18 +209,101 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         batch, _ = self.prepare(batch, training=True)
         return self.compute_loss(self.normalizer.normalize_batch(batch))
 
+    @property
+    def supports_rtc(self) -> bool:
+        """Whether ``predict_action_chunk`` takes a ``prefix`` (real-time chunking; flow-matching heads)."""
+        return False
+
+    def rtc_unsupported_reason(self) -> str:
+        """Why this policy refuses a ``prefix`` (subclasses name their head)."""
+        return f"policy {self.registered_name!r} does not sample by flow matching"
+
     @torch.no_grad()
     def predict_action_chunk(
-        self, batch: Batch, *, noise: Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        batch: Batch,
+        *,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        prefix: Tensor | None = None,
+        delay: int = 0,
     ) -> Tensor:
-        """(B, H, A) actions in robot units. ``noise`` (B, H, A) seeds generative heads."""
+        """(B, H, A) actions in robot units (float32 for a bf16 / fp16 policy). ``noise`` (B, H, A) seeds
+        generative heads.
+
+        Real-time chunking (:mod:`vla_core.rtc`, flow-matching heads only, see :attr:`supports_rtc`):
+        ``prefix`` (H', A) or (B, H', A) holds the previous chunk's actions not yet executed when this
+        observation was taken, in robot units, aligned with this chunk's first rows (1 <= H' <= H);
+        ``delay`` (0 <= delay <= H') is how many of them run before this chunk arrives. The result's
+        first ``delay`` actions equal the prefix's exactly; the rest are guided to continue it.
+        """
         batch, bsz = self.prepare(batch)
         if noise is not None:
             want = (bsz, self.horizon, self.action_dim)
             if tuple(noise.shape) != want:
                 raise ValueError(f"noise: expected shape {want}, received {tuple(noise.shape)}")
-        chunk = self.sample_chunk(self.normalizer.normalize_batch(batch), noise=noise, generator=generator)
-        return self.normalizer.unnormalize(ACTION, chunk)
+        nbatch = self.normalizer.normalize_batch(batch)
+        if prefix is None:
+            if delay != 0:
+                raise ValueError(f"delay: {delay!r} needs a prefix (the previous chunk's actions); received prefix=None")
+            return self._sample(nbatch, noise=noise, generator=generator)
+        prefix = self._rtc_prefix(prefix, bsz, delay)
+        guide = RTCGuide(self.normalizer.normalize(ACTION, prefix), delay, self.horizon)
+        chunk = self._sample(nbatch, noise=noise, generator=generator, guide=guide)
+        chunk[:, :delay] = prefix[:, :delay].to(chunk)  # exact in robot units, not only after a normalize round trip
+        return chunk
+
+    def _rtc_prefix(self, prefix: Any, bsz: int, delay: Any) -> Tensor:
+        """``prefix`` as a (B, H', A) tensor in the compute dtype, checked (with ``delay``)."""
+        if not self.supports_rtc:
+            raise ValueError(f"prefix: real-time chunking needs a flow-matching head (a vla_core.rtc.FlowActionHead "
+                             f"such as pi0_flow or dit_flow_matching); {self.rtc_unsupported_reason()}")
+        if not isinstance(prefix, Tensor):
+            try:
+                prefix = torch.as_tensor(prefix)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"prefix: expected an array (H', A) or (B, H', A), received "
+                                 f"{type(prefix).__name__}") from None
+        if prefix.dim() == 2:
+            prefix = prefix.unsqueeze(0).expand(bsz, -1, -1)
+        if prefix.dim() == 3 and prefix.shape[0] != bsz:
+            raise ValueError(f"prefix: expected (H', A) or (B, H', A) with B = {bsz} (the batch), received "
+                             f"{tuple(prefix.shape)}")
+        check_prefix(prefix, delay, self.horizon, self.action_dim)
+        device = next(itertools.chain(self.parameters(), self.buffers()), torch.empty(0)).device
+        return prefix.to(device=device, dtype=self.compute_dtype)
+
+    def _sample(self, nbatch: Batch, **kwargs: Any) -> Tensor:
+        """``sample_chunk`` (compiled when :meth:`compile` was called), unnormalized to robot units."""
+        sample = self.sample_chunk if self._compiled is None else self._compiled
+        return self.normalizer.unnormalize(ACTION, _float32_if_low(sample(nbatch, **kwargs)))
+
+    # ----------------------------------------------------------------- compiled inference
+    def compile(  # overrides nn.Module.compile on purpose: a policy compiles its inference path
+        self,
+        mode: str | None = None,
+        *,
+        backend: str | Any = "inductor",
+        dtype: torch.dtype | None = None,
+        fullgraph: bool = False,
+    ) -> Policy:
+        """Compile the inference path (``sample_chunk``: backbone, projector and the whole sampling loop)
+        with ``torch.compile`` (static shapes); ``predict_action_chunk`` and ``select_action`` use it from
+        now on. Returns ``self``. Training (``forward``) stays eager: this is not ``nn.Module.compile``.
+
+        ``mode``: one of :data:`COMPILE_MODES` (None = ``"default"``); ``"reduce-overhead"`` captures CUDA
+        graphs on a CUDA device and falls back to ``"default"`` with a warning elsewhere. ``backend``: a
+        ``torch.compile`` backend name or callable. ``dtype``: cast the weights to it in place (e.g.
+        ``torch.bfloat16``; normalization stats stay float32) and run under autocast; the chunk comes back
+        float32. Calling ``compile`` again replaces the previous compilation. See :mod:`vla_core.compiled`.
+        """
+        self._compiled = compile_sampler(self, mode, backend=backend, dtype=dtype, fullgraph=fullgraph)
+        return self
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether :meth:`compile` was called (``predict_action_chunk`` runs the compiled path)."""
+        return self._compiled is not None
 
     # ----------------------------------------------------------------- one action per control step
     def _action_selection(self) -> tuple[ActionQueue, TemporalEnsembler | None]:
@@ -283,8 +389,15 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         failure (a full disk) raises :class:`~vla_core.errors.CheckpointWriteError` naming the path and
         leaves no partial file (nor ``directory`` itself, when this call created it)."""
         directory = Path(directory)
+        unset = [key for key in self.normalizer.modes
+                 if any(bool(torch.isnan(b).all()) for b in self.normalizer.stats_of(key).values())]
+        if unset:
+            warnings.warn(f"saving a policy whose normalization stats are not set for {unset}: it cannot act "
+                          "until they are; set them with policy.normalizer.set_stats(dataset_stats) before saving",
+                          UserWarning, stacklevel=2)
         created = not directory.exists()
-        text = json.dumps({"type": self.registered_name, **self.config_to_save()}, indent=2, sort_keys=True)
+        # insertion order, not sorted: the order of the features is the order of the cameras
+        text = json.dumps({"type": self.registered_name, **self.config_to_save()}, indent=2)
         try:
             directory.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=".saving-", dir=directory) as tmp:
@@ -299,6 +412,27 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
                                        "removed") from err
         return directory
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        **card: Any,
+    ):
+        """Save this policy and upload it to the Hugging Face Hub repo ``repo_id`` (created if needed) with a
+        model card (``README.md``); ``card`` goes to :func:`vla_core.hub.model_card` (``dataset``,
+        ``dataset_id``, ``train_config``, ``eval_results``, ``tags``). Returns huggingface_hub's
+        ``CommitInfo``. Load it back with ``load_policy(repo_id)``."""
+        from vla_core.hub import card_for_directory, push_folder
+
+        with tempfile.TemporaryDirectory(prefix="vla-push-") as tmp:
+            directory = self.save_pretrained(Path(tmp) / "policy")
+            return push_folder(directory, repo_id, card=card_for_directory(directory, repo_id=repo_id, **card),
+                               private=private, token=token, revision=revision, commit_message=commit_message)
+
     @classmethod
     def from_pretrained(
         cls,
@@ -307,6 +441,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         revision: str | None = None,
         strict: bool = True,
         allow_nonfinite: bool = False,
+        dtype: torch.dtype | str | None = None,
         **config_overrides: Any,
     ) -> Policy:
         """Load a local directory or a hub repo id (safetensors only; no pickle, no remote code).
@@ -315,7 +450,14 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         comes back in eval mode, ready for inference; call ``.train()`` to fine-tune. Weights with
         NaN/Inf are refused unless ``allow_nonfinite=True`` (then a warning names them). A name that
         can only be a local path (see :func:`vla_core.paths.is_local_path`) is never looked up on the Hub.
+
+        ``dtype`` (``torch.bfloat16``, ``"bf16"``, ``torch.float16``, ...) holds the weights in that dtype
+        (see :meth:`set_dtype`): the policy is cast before the weights are copied in, so the full-precision
+        copy is freed first; the normalization stats stay float32, float32 observations are cast at the
+        boundary and actions come back as float32.
         """
+        if dtype is not None:
+            dtype = resolve_dtype(dtype, "from_pretrained(dtype)")
         directory = resolve_policy_dir(path_or_repo_id, revision=revision)
         config_file = directory / CONFIG_NAME
         try:
@@ -334,8 +476,15 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
             policy = policy_cls(data)
         except ConfigError as err:
             raise ConfigError(f"{config_file}: {err}") from None
+        if dtype is not None:
+            policy.set_dtype(dtype)
         load_checkpoint(policy, directory / WEIGHTS_NAME, strict=strict, allow_nonfinite=allow_nonfinite)
         return policy.eval()
+
+
+def _float32_if_low(chunk: Tensor) -> Tensor:
+    """A bf16 / fp16 policy's chunk in float32 (robot units, unnormalized with the float32 stats)."""
+    return chunk.float() if chunk.dtype.itemsize < 4 else chunk
 
 
 def resolve_policy_dir(path_or_repo_id: str | os.PathLike, *, revision: str | None = None) -> Path:

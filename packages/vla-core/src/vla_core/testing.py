@@ -15,7 +15,9 @@ for every trainable parameter the loss reaches), reproducible ``predict_action_c
 the ``save_pretrained`` / ``from_pretrained`` round trip, one training step under activation
 checkpointing and FSDP2 ``fully_shard`` on a 1-rank gloo group (equal to the plain step; every
 checkpointed unit called as a module and recomputed), inference on the sharded policy, one step under
-bf16 autocast, and ``torch.compile`` of the inference path equal to eager.
+bf16 autocast, ``from_pretrained(dtype=torch.bfloat16)`` fed fp32 observations, ``Policy.compile`` of
+the inference path equal to eager without recompiling, and real-time chunking (:func:`check_rtc`) for
+policies that support it (flow-matching heads).
 """
 
 from __future__ import annotations
@@ -376,19 +378,78 @@ def check_bf16_autocast(policy: nn.Module, batch: Mapping[str, Any]) -> None:
     assert torch.isfinite(actions).all(), "bf16 autocast actions contain NaN/Inf"
 
 
-def check_compiled_inference(
-    policy: nn.Module, batch: Mapping[str, Any], *, atol: float = 1e-5, backend: str = "inductor"
-) -> None:
-    """``torch.compile`` of ``predict_action_chunk`` equals eager (fp32, within ``atol``).
-
-    ``backend="inductor"`` (the default) generates and runs kernels; ``"aot_eager"`` checks what Dynamo
-    and AOTAutograd trace (graph breaks, functionalization) in a fraction of the time.
-    """
+def check_bf16_load(policy: nn.Module, batch: Mapping[str, Any], directory: str | os.PathLike) -> None:
+    """``from_pretrained(dtype=torch.bfloat16)`` holds every floating parameter in bf16 and the normalization
+    stats in fp32, takes fp32 observations (cast at the boundary), predicts finite float32 actions near the
+    fp32 policy's, and trains (finite loss, bf16 gradients)."""
     policy.eval()
     expected = _predict(policy, batch)
-    compiled = torch.compile(policy.predict_action_chunk, backend=backend)
-    torch.testing.assert_close(_predict(policy, batch, fn=compiled), expected, rtol=1e-5, atol=atol,
+    policy.save_pretrained(directory)
+    loaded = type(policy).from_pretrained(directory, dtype=torch.bfloat16)
+    wrong = [n for n, p in loaded.named_parameters() if p.is_floating_point() and p.dtype != torch.bfloat16]
+    assert not wrong, f"from_pretrained(dtype=bfloat16) left parameters in another dtype: {wrong[:5]}"
+    stats = [(n, b.dtype) for n, b in loaded.normalizer.named_buffers() if b.dtype != torch.float32]
+    assert not stats, f"normalization stats must stay float32: {stats[:5]}"
+    assert loaded.compute_dtype == torch.bfloat16, f"compute_dtype is {loaded.compute_dtype}"
+    assert all(v.dtype == torch.float32 for v in batch.values() if isinstance(v, Tensor) and v.is_floating_point())
+    actions = _predict(loaded, batch)
+    assert actions.dtype == torch.float32 and actions.shape == expected.shape, f"{actions.dtype} {tuple(actions.shape)}"
+    assert torch.isfinite(actions).all(), "bf16 actions contain NaN/Inf"
+    scale = policy.normalizer.normalize("action", expected).abs().mean().item() + 1.0
+    error = (policy.normalizer.normalize("action", actions) - policy.normalizer.normalize("action", expected))
+    assert error.abs().mean().item() <= 0.1 * scale, f"bf16 actions are far from fp32's: {error.abs().mean():.4f}"
+    loaded.train()
+    out = loaded(batch)
+    assert torch.isfinite(out.loss), f"bf16 loss is {out.loss}"
+    out.loss.backward()
+    grads = _grads(loaded)
+    assert grads and all(g.dtype == torch.bfloat16 and torch.isfinite(g).all() for g in grads.values())
+
+
+def check_compiled_inference(
+    policy: nn.Module,
+    batch: Mapping[str, Any],
+    *,
+    atol: float = 1e-5,
+    backend: str | Callable[..., Any] = "inductor",
+    mode: str | None = None,
+    calls: int = 3,
+) -> None:
+    """``policy.compile(mode, backend=backend)`` gives eager's chunk (fp32, within ``atol``) and never
+    recompiles: after the first call, ``calls - 1`` more with the same shapes (other noise) run under
+    ``torch.compiler.set_stance("fail_on_recompile")``, which raises if a guard fails.
+
+    Resets torch's compile caches first (``torch.compiler.reset()``), so earlier compilations in the
+    process cannot push this policy past the recompile limit (where Dynamo would silently run eager).
+    ``backend="inductor"`` (the default) generates and runs kernels; ``"aot_eager"`` checks what Dynamo
+    and AOTAutograd trace (graph breaks, functionalization) in a fraction of the time. The policy stays
+    compiled afterwards.
+    """
+    policy.eval()
+    expected = [_predict(policy, batch, seed=seed) for seed in range(1, calls + 1)]
+    torch.compiler.reset()
+    assert policy.compile(mode, backend=backend) is policy and policy.is_compiled
+    torch.testing.assert_close(_predict(policy, batch, seed=1), expected[0], rtol=1e-5, atol=atol,
                                msg="compiled predict_action_chunk differs from eager")
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for seed in range(2, calls + 1):
+            torch.testing.assert_close(_predict(policy, batch, seed=seed), expected[seed - 1], rtol=1e-5,
+                                       atol=atol, msg=f"compiled predict_action_chunk differs from eager (call {seed})")
+
+
+def check_rtc(policy: nn.Module, batch: Mapping[str, Any], *, delay: int = 1) -> None:
+    """Real-time chunking, for a policy whose ``supports_rtc``: with the previous chunk's tail as the
+    prefix, the first ``delay`` actions equal the prefix's exactly and every action is finite."""
+    policy.eval()
+    previous = _predict(policy, batch, seed=3)
+    shift = min(1, policy.horizon - 1)  # one action executed since the previous chunk started
+    prefix = previous[:, shift:]
+    delay = min(delay, prefix.shape[1])
+    actions = policy.predict_action_chunk(batch, prefix=prefix, delay=delay,
+                                          noise=torch.randn(previous.shape, generator=torch.Generator().manual_seed(4)))
+    assert tuple(actions.shape) == tuple(previous.shape), f"RTC predict_action_chunk gave {tuple(actions.shape)}"
+    assert torch.isfinite(actions).all(), "RTC actions contain NaN/Inf"
+    assert torch.equal(actions[:, :delay], prefix[:, :delay]), "RTC: the first delay actions differ from the prefix"
 
 
 def check_policy_contract(
@@ -410,6 +471,9 @@ def check_policy_contract(
     check_save_load(policy, batch, Path(workdir) / "saved")
     check_sharded_training(make, batch)
     check_bf16_autocast(policy, batch)
+    check_bf16_load(policy, batch, Path(workdir) / "saved-bf16")
+    if getattr(policy, "supports_rtc", False):
+        check_rtc(policy, batch)
     if compile_backend is not None:
         check_compiled_inference(policy, batch, backend=compile_backend)
 
@@ -418,11 +482,13 @@ __all__ = [
     "CONTRACT_FEATURES",
     "check_backbone",
     "check_bf16_autocast",
+    "check_bf16_load",
     "check_compiled_inference",
     "check_config_roundtrip",
     "check_head",
     "check_inference",
     "check_policy_contract",
+    "check_rtc",
     "check_save_load",
     "check_sharded_training",
     "check_training_step",

@@ -68,17 +68,30 @@ def rank_file(rank: int) -> str:
 
 
 class ModelAndOptimizer:
-    """``Stateful`` view of a (possibly FSDP-sharded) model and its optimizer (FQN-keyed state)."""
+    """``Stateful`` view of a (possibly FSDP-sharded) model and its optimizer (FQN-keyed state).
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    ``trainable_only`` (LoRA runs): the frozen parameters are left out (the run rebuilds them from its
+    config and ``peft.base``); the trainable ones, the buffers and the optimizer state are kept."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, trainable_only: bool = False) -> None:
         self.model, self.optimizer = model, optimizer
+        self.options = StateDictOptions(ignore_frozen_params=trainable_only)
 
     def state_dict(self) -> dict[str, Any]:
-        model, optim = get_state_dict(self.model, self.optimizer)
+        model, optim = get_state_dict(self.model, self.optimizer, options=self.options)
         return {"model": model, "optim": optim}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        options = self.options
+        if options.ignore_frozen_params:
+            own = set(get_model_state_dict(self.model, options=options))
+            if set(state["model"]) != own:
+                diff = sorted(set(state["model"]) ^ own)
+                raise CheckpointError(f"the checkpoint's trainable tensors differ from the run's (peft section "
+                                      f"changed?): {diff[:5]}")
+            options = StateDictOptions(ignore_frozen_params=True, strict=False)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=options)
 
 
 class RNGState:

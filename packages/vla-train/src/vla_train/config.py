@@ -1,8 +1,8 @@
 """The training config: strict dataclasses, YAML loading and ``--set key.sub=value`` overrides.
 
 A run is described by one YAML file whose top level is ``policy``, ``data``, ``optim``,
-``schedule``, ``parallel``, ``checkpoint``, ``log``, ``eval`` and the scalars ``steps``,
-``batch_size`` (global, over all ranks and accumulation steps), ``seed`` and ``output_dir``.
+``schedule``, ``parallel``, ``checkpoint``, ``log``, ``eval``, the optional ``peft`` (LoRA) and the
+scalars ``steps``, ``batch_size`` (global, over all ranks and accumulation steps), ``seed`` and ``output_dir``.
 ``policy`` is ``{type: name, ...}`` for a registered policy (``type`` defaults to ``vla``, whose fields
 are a :class:`vla_core.PolicyConfig`; the features may be left out: the dataset supplies them);
 ``data`` is ``{type: name, ...}`` for :func:`vla_train.data.build_dataset`.
@@ -21,6 +21,8 @@ import yaml
 from vla_core import ComponentConfig, ConfigError
 from vla_core.config import check_choice, check_positive
 from vla_core.errors import closest
+
+from vla_train.adapters import PeftConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +88,10 @@ class ParallelConfig(ComponentConfig):
     device: str = "auto"
     fsdp: bool | None = None
     mixed_precision: str = "auto"
+    # dtype the policy's weights are held in: bfloat16 halves weight memory (and, for the trainable
+    # weights, gradient and AdamW-state memory: pure-bf16 training); with peft the frozen base is held in
+    # bf16 and the adapters stay float32. Inputs are cast to it, normalization stats stay float32.
+    weight_dtype: str = "float32"
     activation_checkpointing: bool = False
     cpu_offload: bool = False
     reshard_after_forward: bool = True
@@ -94,6 +100,7 @@ class ParallelConfig(ComponentConfig):
     def __post_init__(self) -> None:
         check_choice("parallel", "device", self.device, ("auto", "cpu", "cuda"))
         check_choice("parallel", "mixed_precision", self.mixed_precision, ("auto", "fsdp", "autocast", "none"))
+        check_choice("parallel", "weight_dtype", self.weight_dtype, ("float32", "bfloat16"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,13 +120,27 @@ class CheckpointConfig(ComponentConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class LogConfig(ComponentConfig):
-    every: int = 10  # metrics.jsonl line every N steps
+    every: int = 10  # metrics.jsonl line (and tracker record) every N steps
     progress: bool = True
-    tensorboard: bool = False
+    trackers: tuple[str, ...] = ("jsonl",)  # any of jsonl, tensorboard, wandb, trackio (vla_train.trackers)
+    project: str = "vla"  # the wandb / trackio project
+    run_name: str | None = None  # the wandb / trackio run name (default: the run directory's name)
+    tensorboard: bool = False  # shorthand for adding "tensorboard" to trackers
     plot: bool = True
 
     def __post_init__(self) -> None:
+        from vla_train.trackers import TRACKERS
+
         check_positive("log", every=self.every)
+        for name in self.trackers:
+            if name not in TRACKERS:
+                raise ConfigError(f"log.trackers: expected names among {list(TRACKERS)}, received {name!r}."
+                                  f"{closest(str(name), TRACKERS)}")
+
+    @property
+    def active_trackers(self) -> tuple[str, ...]:
+        """``trackers`` with ``jsonl`` first and ``tensorboard`` when the shorthand is set, each once."""
+        return tuple(dict.fromkeys(("jsonl", *self.trackers, *(("tensorboard",) if self.tensorboard else ()))))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,6 +159,7 @@ class EvalConfig(ComponentConfig):
 
 
 SECTIONS: dict[str, type[ComponentConfig]] = {
+    "peft": PeftConfig,
     "optim": OptimConfig,
     "schedule": ScheduleConfig,
     "parallel": ParallelConfig,
@@ -159,6 +181,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    peft: PeftConfig | None = None  # LoRA fine-tuning (vla_train.adapters); absent: full fine-tuning
     steps: int
     batch_size: int
     seed: int = 0
@@ -185,7 +208,9 @@ class TrainConfig:
             raise ConfigError(f"the training config lacks required key(s) {missing}")
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
-            if key in SECTIONS:
+            if key == "peft" and value is None:
+                kwargs[key] = None
+            elif key in SECTIONS:
                 kwargs[key] = _section(key, SECTIONS[key], value or {})
             elif key in ("steps", "batch_size", "seed"):
                 if not isinstance(value, int) or isinstance(value, bool):
@@ -311,10 +336,11 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML training config and apply ``--set`` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config not found: {path}")
+    """Read a YAML training config (a file, or a shipped config's name: ``quickstart``) and apply ``--set``
+    overrides."""
+    from vla_train.builtin_configs import resolve_config
+
+    path = resolve_config(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:

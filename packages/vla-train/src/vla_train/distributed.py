@@ -56,6 +56,12 @@ def init_world(device: str = "auto", *, need_group: bool = False) -> World:
     ``need_group`` (FSDP in one process) or run without one."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        from vla_core import ConfigError
+
+        raise ConfigError(f"parallel.device: expected a usable device, received 'cuda' but torch {torch.__version__} "
+                          f"sees no CUDA GPU (built for CUDA {torch.version.cuda or 'none'}); use "
+                          "--set parallel.device=cpu (or auto)")
     launched = "WORLD_SIZE" in os.environ and "RANK" in os.environ
     if not dist.is_initialized() and (launched or need_group):
         if not launched:

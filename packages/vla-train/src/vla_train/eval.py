@@ -9,6 +9,7 @@ of frames of the first episode).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,8 @@ def rollout(policy: Policy, env, *, record: bool = False) -> tuple[np.ndarray, l
     return success, frames
 
 
-def evaluate(path: str | Path, *, episodes: int, seed: int = 100_000, batch_size: int = 50,
-             save_video: bool = False) -> dict[str, Any]:
-    """Success rate over ``episodes`` closed-loop episodes; writes eval.json next to the policy."""
-    policy_dir = resolve_policy_dir(path)
+def load_eval_env_factory(policy_dir: Path) -> Callable[[int, int], Any]:
+    """``make_env(num_envs, seed)`` of the task named by ``policy_dir/train_config.yaml``."""
     spec_path = policy_dir / "train_config.yaml"
     if not spec_path.is_file():
         raise FileNotFoundError(f"{spec_path} not found: evaluation needs the task the policy was trained on")
@@ -65,12 +64,25 @@ def evaluate(path: str | Path, *, episodes: int, seed: int = 100_000, batch_size
     dataset = build_dataset(data_spec)
     if not hasattr(dataset, "make_env"):
         raise ValueError(f"dataset type {data_spec['type']!r} has no closed-loop environment to evaluate in")
+    return dataset.make_env
+
+
+def evaluate(path: str | Path, *, episodes: int, seed: int = 100_000, batch_size: int = 50,
+             save_video: bool = False, compile_mode: str | None = None) -> dict[str, Any]:
+    """Success rate over ``episodes`` closed-loop episodes; writes eval.json next to the policy.
+
+    ``compile_mode`` (a :data:`vla_core.COMPILE_MODES` name): run the policy compiled
+    (:meth:`vla_core.Policy.compile`); None runs it eager."""
+    policy_dir = resolve_policy_dir(path)
+    make_env = load_eval_env_factory(policy_dir)
     policy = load_policy(policy_dir)
+    if compile_mode is not None:
+        policy.compile(compile_mode)
     results, frames = [], []
     done = 0
     while done < episodes:
         n = min(batch_size, episodes - done)
-        success, shot = rollout(policy, dataset.make_env(n, seed + done), record=save_video and done == 0)
+        success, shot = rollout(policy, make_env(n, seed + done), record=save_video and done == 0)
         results.append(success)
         frames = frames or shot
         done += n

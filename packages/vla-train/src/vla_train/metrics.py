@@ -1,4 +1,5 @@
-"""Progress and results: a tqdm bar, ``metrics.jsonl``, optional TensorBoard, the loss plot and the summary.
+"""Progress and results: a tqdm bar, ``metrics.jsonl``, the trackers (TensorBoard, wandb, trackio), the loss plot
+and the summary.
 
 Only rank 0 writes. ``metrics.jsonl`` holds one JSON object per logged step (``step``, ``loss``,
 ``lr``, ``grad_norm``, ``samples_per_s``, ``elapsed_s`` and the head's metrics). A run that starts
@@ -11,22 +12,27 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vla_core.errors import require
-
 from vla_train.config import LogConfig
+from vla_train.trackers import open_trackers
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, config: LogConfig, *, total_steps: int, start_step: int, enabled: bool) -> None:
+    """``metrics.jsonl``, the progress bar and the trackers of ``config.trackers`` (:mod:`vla_train.trackers`);
+    ``enabled`` is false on every rank but 0, which then writes and opens nothing. ``run_config`` (the
+    training config as a dict) is handed to the trackers that record one (wandb, trackio)."""
+
+    def __init__(self, run_dir: Path, config: LogConfig, *, total_steps: int, start_step: int, enabled: bool,
+                 run_config: Mapping[str, Any] | None = None) -> None:
         self.run_dir, self.config, self.enabled = run_dir, config, enabled
         self.total_steps, self.start_step = total_steps, start_step
         self.start_time = time.perf_counter()
         self._last_time, self._last_step = self.start_time, start_step
         self.bar = None
-        self.tensorboard = None
+        self.trackers: list = []
         if not enabled:
             return
         self.path = run_dir / "metrics.jsonl"
@@ -35,9 +41,8 @@ class MetricsLogger:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
-        if config.tensorboard:
-            tensorboard = require("torch.utils.tensorboard", "'vla-train[tensorboard]'")
-            self.tensorboard = tensorboard.SummaryWriter(str(run_dir / "tensorboard"))
+        self.trackers = open_trackers(config.active_trackers, run_dir, project=config.project, name=config.run_name,
+                                      config=run_config or {})
 
     def log(self, step: int, values: dict[str, float], *, samples: int) -> None:
         """Record step ``step`` (1-based); ``samples`` is the global batch size."""
@@ -54,9 +59,8 @@ class MetricsLogger:
             record = {"step": step, **values, "samples_per_s": rate, "elapsed_s": now - self.start_time}
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            if self.tensorboard is not None:
-                for key, value in values.items():
-                    self.tensorboard.add_scalar(f"train/{key}", value, step)
+            for tracker in self.trackers:
+                tracker.log({**values, "samples_per_s": rate}, step)
             self._last_time, self._last_step = now, step
 
     def write(self, text: str) -> None:
@@ -71,9 +75,9 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-            self.tensorboard = None
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
 
     def plot(self) -> Path | None:
         """Draw ``loss.png`` from metrics.jsonl (matplotlib, Agg); ``None`` if disabled or nothing logged."""
@@ -82,8 +86,11 @@ class MetricsLogger:
         records = read_metrics(self.path)
         if not records:
             return None
-        import matplotlib
-
+        try:
+            import matplotlib
+        except ImportError:  # the `plot` extra is optional: the run goes on without its picture
+            print("loss.png not drawn: matplotlib is not installed (pip install 'vla-train[plot]')", flush=True)
+            return None
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 

@@ -1,5 +1,5 @@
 """The trainer. Build order (read top to bottom): config -> world -> run-directory lock -> data ->
-policy -> stats -> parallelize (FSDP2) -> optimizer -> EMA -> checkpointer (resume) -> loop -> export -> eval.
+policy -> stats -> weight dtype -> LoRA adapters (peft) -> parallelize (FSDP2) -> optimizer -> EMA -> checkpointer (resume) -> loop -> export -> eval.
 
 One ``Trainer`` per process; under ``torchrun`` every rank runs the same code on its share of
 each global batch. Rank 0 holds the run directory's lock (:mod:`vla_train.runlock`) from the start
@@ -18,6 +18,7 @@ import torch
 from vla_core import ACTION, ConfigError, FeatureType, Policy, build_policy
 from vla_core.features import DECLARED_PREFIXES, PAD_SUFFIX
 
+from vla_train.adapters import apply_peft, export_adapted, load_base_weights, trainable_summary
 from vla_train.checkpoint import Checkpointer, ModelAndOptimizer, RNGState, export_pretrained
 from vla_train.config import TrainConfig, save_config
 from vla_train.data import BatchStream, build_dataset, check_features, compute_stats, policy_delta_indices
@@ -111,9 +112,16 @@ class Trainer:
                                                        **self.policy.config.to_dict()})
         self.dataset.set_delta_indices(config.data.get("delta_indices") or policy_delta_indices(
             self.dataset.features, self.policy.config.n_obs_steps, self.policy.horizon))
+        if config.peft is not None and config.peft.base is not None:
+            load_base_weights(self.policy, config.peft.base)
         if not self.resuming:  # a resumed run reads its stats from the checkpoint
             self.policy.normalizer.set_stats(compute_stats(
                 self.dataset, max_frames=self.dataset.config.stats_frames, seed=config.seed))
+        if config.parallel.weight_dtype != "float32":
+            self.policy.set_dtype(config.parallel.weight_dtype)
+        if config.peft is not None:  # before FSDP2 wraps the policy: the adapters are sharded with their layer
+            apply_peft(self.policy, config.peft, base=config.peft.base)
+        self.trainable_line = trainable_summary(self.policy)
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
@@ -154,7 +162,8 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         """Everything a checkpoint holds (Stateful objects); the RNG streams are per rank."""
-        state = {"model": ModelAndOptimizer(self.model, self.optimizer), "scheduler": self.scheduler,
+        state = {"model": ModelAndOptimizer(self.model, self.optimizer, trainable_only=self.config.peft is not None),
+                 "scheduler": self.scheduler,
                  "trainer": TrainState(self), "rng": RNGState()}
         if self.ema is not None:
             state["ema"] = self.ema
@@ -217,10 +226,11 @@ class Trainer:
     def _train(self) -> Path:
         cfg = self.config
         logger = MetricsLogger(self.run_dir, cfg.log, total_steps=cfg.steps, start_step=self.step,
-                               enabled=self.world.is_main)
+                               enabled=self.world.is_main, run_config=cfg.to_dict())
         logger.write(f"device {self.world.device}, {self.world.world_size} process(es), "
                      f"fsdp {'on' if self.sharded else 'off'}, mixed precision {self.mixed_precision}, "
                      f"micro-batch {self.micro_batch_size} x {cfg.optim.grad_accum_steps} accumulation")
+        logger.write(self.trainable_line + (" (LoRA)" if cfg.peft is not None else ""))
         if self.resumed_from is not None:
             logger.write(f"resumed from {self.resumed_from} at step {self.step}")
         start = time.perf_counter()
@@ -242,7 +252,7 @@ class Trainer:
                           pretrained=pretrained, checkpoint=last_checkpoint,
                           loss_first=records[0]["loss"] if records else None,
                           loss_last=records[-1]["loss"] if records else None), flush=True)
-            if cfg.eval.episodes > 0 and hasattr(self.dataset, "make_env"):
+            if cfg.eval.episodes > 0 and hasattr(self.dataset, "make_env") and pretrained is not None:
                 from vla_train.eval import evaluate
 
                 result = evaluate(self.run_dir, episodes=cfg.eval.episodes, seed=cfg.eval.seed,
@@ -254,8 +264,12 @@ class Trainer:
     def export(self) -> Path | None:
         """``save_pretrained`` of the (EMA) policy into run_dir/pretrained, with the dataset spec for eval."""
         shadow = self.ema.shadow if self.ema is not None and self.config.checkpoint.export_ema else None
-        out = export_pretrained(self.model, self.config.policy, self.run_dir / "pretrained", world=self.world,
-                                sharded=self.sharded, ema_shadow=shadow)
+        if self.config.peft is not None:  # run_dir/adapter, and the merged policy when peft.merge_on_export
+            out = export_adapted(self.model, self.config.policy, self.config.peft, self.run_dir, world=self.world,
+                                 sharded=self.sharded, ema_shadow=shadow)
+        else:
+            out = export_pretrained(self.model, self.config.policy, self.run_dir / "pretrained", world=self.world,
+                                    sharded=self.sharded, ema_shadow=shadow)
         if out is not None:
             shutil.copy(self.run_dir / "config.yaml", out / "train_config.yaml")
         return out

@@ -63,6 +63,8 @@ class EagleBackbone(Backbone):
     """Eagle VLM prefix encoder: images and text -> LLM hidden states at ``select_layer`` (B, L, D)."""
 
     config_class = EagleConfig
+    # LoRA on the LLM's attention and MLP projections
+    lora_targets = ("llm.layers.*.self_attn.*_proj", "llm.layers.*.mlp.*_proj")
 
     def __init__(self, config: EagleConfig) -> None:
         super().__init__()

@@ -208,6 +208,8 @@ class PaliGemmaBackbone(Backbone):
 
     config_class = PaliGemmaBackboneConfig
     weight_source_fields = ("pretrained",)
+    # LoRA on the Gemma prefix's attention and MLP projections (openpi's gemma_2b_lora variant)
+    lora_targets = ("language_model.layers.*.self_attn.*_proj", "language_model.layers.*.mlp.*_proj")
 
     def __init__(self, config: PaliGemmaBackboneConfig) -> None:
         super().__init__()

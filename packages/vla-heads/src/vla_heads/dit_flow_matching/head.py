@@ -19,10 +19,12 @@ from vla_core import (
     EMBODIMENT_ID,
     HEADS,
     OBS_STATE,
-    ActionHead,
     BackboneOutput,
     ConfigError,
+    FlowActionHead,
+    FlowField,
     HeadOutput,
+    RTCGuide,
 )
 
 from vla_heads.dit_flow_matching.config import DiTFlowMatchingConfig
@@ -32,10 +34,12 @@ from vla_heads.dit_flow_matching.flow import inference_buckets, interpolate, sam
 
 
 @HEADS.register("dit_flow_matching")
-class DiTFlowMatchingHead(ActionHead):
+class DiTFlowMatchingHead(FlowActionHead):
     """Flow-matching head with a cross-attention DiT and per-embodiment encoders (GR00T N1.5)."""
 
     config_class = DiTFlowMatchingConfig
+    # LoRA on the DiT blocks' attention (to_q/k/v/out) and feed-forward projections
+    lora_targets = ("dit.blocks.*.attn1.to_*", "dit.blocks.*.ff.net.*")
 
     def __init__(self, config: DiTFlowMatchingConfig) -> None:
         super().__init__()
@@ -182,8 +186,7 @@ class DiTFlowMatchingHead(ActionHead):
             noise = torch.cat([noise, fill], dim=-1)
         return noise
 
-    @torch.no_grad()
-    def predict_action(
+    def flow_field(
         self,
         context: BackboneOutput,
         batch: Any,
@@ -191,12 +194,13 @@ class DiTFlowMatchingHead(ActionHead):
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
-    ) -> Tensor:
-        """Euler integration from noise (t = 0) to actions (t = 1): (B, H, A).
+    ) -> FlowField:
+        """The velocity field (GR00T's time already runs from noise, t = 0, to actions, t = 1) and its
+        start noise (B, H, Ap). Step k feeds timestep bucket ``int(k / N * buckets)`` (N1.5: 0, 250, ...).
 
-        ``noise`` is (B, H, A) or (B, H, Ap). With ``use_cache`` (the default) the VL stack, every
-        cross-attention K/V and all steps' timestep conditioning are computed once; without it they
-        are recomputed in every step (the reference's way; same result).
+        With ``use_cache`` (the default) the VL stack, every cross-attention K/V and all steps' timestep
+        conditioning are computed once; without it they are recomputed in every step (the reference's
+        way; same result).
         """
         c = self.config
         bsz = context.features.shape[0]
@@ -207,11 +211,30 @@ class DiTFlowMatchingHead(ActionHead):
         buckets = inference_buckets(c.num_inference_timesteps, c.num_timestep_buckets)
         steps = torch.tensor(buckets, device=ctx.device).repeat_interleave(bsz)  # (N * B,)
         cache = self.dit.precompute(ctx, steps) if use_cache else None
-        dt = 1.0 / c.num_inference_timesteps
-        for k in range(len(buckets)):
+
+        def velocity(x_t: Tensor, k: int) -> Tensor:
             rows = steps[k * bsz : (k + 1) * bsz]
             if cache is None:  # the reference's way: the VL stack and the whole DiT conditioning in every step
-                ctx, mask = self.encode_context(context)
-            step = None if cache is None else cache.rows(k * bsz, (k + 1) * bsz)
-            x = x + dt * self.velocity(x, rows, ctx, prefix, select, mask, cache=step)
-        return x[..., : self.action_dim]
+                step_ctx, step_mask = self.encode_context(context)
+                return self.velocity(x_t, rows, step_ctx, prefix, select, step_mask)
+            return self.velocity(x_t, rows, ctx, prefix, select, mask, cache=cache.rows(k * bsz, (k + 1) * bsz))
+
+        return FlowField(noise=x, steps=len(buckets), velocity=velocity)
+
+    @torch.no_grad()
+    def predict_action(
+        self,
+        context: BackboneOutput,
+        batch: Any,
+        *,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        guide: RTCGuide | None = None,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Euler integration from noise (t = 0) to actions (t = 1): (B, H, A); RTC-guided with ``guide``.
+
+        ``noise`` is (B, H, A) or (B, H, Ap); ``use_cache``: see :meth:`flow_field`.
+        """
+        field = self.flow_field(context, batch, noise=noise, generator=generator, use_cache=use_cache)
+        return field.integrate(guide)[..., : self.action_dim]

@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from vla_core import (
-    ActionHead,
     BackboneOutput,
     ComponentConfig,
     ConfigError,
     ContextNeeds,
     ContextSpec,
+    FlowActionHead,
+    FlowField,
     HeadOutput,
 )
 from vla_core.config import check_positive
@@ -36,7 +37,7 @@ from vla_core.features import ACTION, ACTION_IS_PAD
 from vla_core.gemma import GemmaDecoderLayer, GemmaMLP, GemmaProjections, rope_cos_sin
 
 from vla_heads.pi0_flow.expert import attention_bias
-from vla_heads.pi0_flow.flow import euler_sample, interpolate, sample_time
+from vla_heads.pi0_flow.flow import interpolate, sample_time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,14 +98,18 @@ class ExpertFlowConfig(ComponentConfig):
                 )
 
 
-class ExpertFlowHead(ActionHead):
-    """Base of ``pi0_flow`` and ``pi05_flow``: the expert stack, the flow loss and the Euler sampler.
+class ExpertFlowHead(FlowActionHead):
+    """Base of ``pi0_flow`` and ``pi05_flow``: the expert stack, the flow loss and the flow field that
+    :class:`vla_core.FlowActionHead` integrates by Euler (RTC-guided with ``guide=``, see :mod:`vla_core.rtc`).
 
     Needs ``context.past_key_values``: per-layer (k, v) of shape (B, Hkv, P, d) and
     ``context.attention_mask`` (B, P), as the ``paligemma`` backbone returns them.
     Subclasses pass ``cond_dim`` (adaptive norms), register a ``suffix_allowed`` buffer and implement
     :meth:`fixed_inputs`, :meth:`embed_suffix` and :meth:`final_norm`; messages name the registered name.
     """
+
+    # LoRA on the expert's attention and MLP projections (openpi's gemma_300m_lora variant)
+    lora_targets = ("layers.*.self_attn.*_proj", "layers.*.mlp.*_proj")
 
     def __init__(self, config: ExpertFlowConfig, *, cond_dim: int | None = None) -> None:
         super().__init__()
@@ -236,15 +241,16 @@ class ExpertFlowHead(ActionHead):
     def forward(self, context: BackboneOutput, batch: Any) -> HeadOutput:
         return self.compute_loss(context, batch)
 
-    def predict_action(
+    def flow_field(
         self, context: BackboneOutput, batch: Any, *, noise: Tensor | None = None,
         generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """(B, H, A) normalized actions: Euler from t = 1 to 0 in ``num_inference_steps`` steps.
+    ) -> FlowField:
+        """The expert's field in RTC's time ``tau = 1 - t`` (``dx/dtau = -v``) and the start noise (B, H, A_max).
 
         The fixed inputs, rotary tables and attention bias are computed once; the prefix K/V are the
         backbone's, unchanged, at every step. ``noise`` (B, H, A) is zero-padded to ``max_action_dim``;
-        without it, noise for all ``max_action_dim`` dims is drawn.
+        without it, noise for all ``max_action_dim`` dims is drawn. Euler on this field is the expert's
+        Euler from t = 1 to 0 (``t = 1 - k / steps``), bit for bit: negating both ``dt`` and ``v`` is exact.
         """
         c = self.config
         kv = self.prefix_kv(context)
@@ -255,5 +261,10 @@ class ExpertFlowHead(ActionHead):
             gen_device = generator.device if generator is not None else device
             noise = torch.randn(bsz, c.horizon, c.max_action_dim, generator=generator, device=gen_device).to(device)
         noise = self._pad(noise.float().to(device), c.max_action_dim)
-        chunk = euler_sample(lambda x, t: self.velocity(x, t, fixed, kv, suffix), noise, c.num_inference_steps)
-        return chunk[..., : c.action_dim]
+        dt = -1.0 / c.num_inference_steps
+
+        def velocity(x: Tensor, k: int) -> Tensor:
+            t = torch.full((bsz,), 1.0 + k * dt, dtype=torch.float32, device=device)
+            return -self.velocity(x, t, fixed, kv, suffix)
+
+        return FlowField(noise=noise, steps=c.num_inference_steps, velocity=velocity)

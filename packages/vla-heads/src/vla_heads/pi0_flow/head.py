@@ -47,7 +47,8 @@ class Pi0FlowConfig(ExpertFlowConfig):
 
 @HEADS.register("pi0_flow")
 class Pi0FlowHead(ExpertFlowHead):
-    """pi0 action expert: ``forward`` -> flow-matching loss, ``predict_action`` -> (B, H, A) by Euler.
+    """pi0 action expert: ``forward`` -> flow-matching loss, ``predict_action`` -> (B, H, A) by Euler
+    (RTC-guided with ``guide=``, see :mod:`vla_core.rtc`).
 
     Needs ``context.past_key_values``: per-layer (k, v) of shape (B, Hkv, P, d) and
     ``context.attention_mask`` (B, P), as the ``paligemma`` backbone returns them.

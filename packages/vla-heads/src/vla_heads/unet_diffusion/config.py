@@ -43,6 +43,9 @@ class UNetDiffusionConfig(ComponentConfig):
     down_dims: tuple[int, ...] = (512, 1024, 2048)
     kernel_size: int = 5
     n_groups: int = 8
+    # GroupNorm groups of the final Conv-GroupNorm-Mish block; None: ``n_groups``. LeRobot's UNet builds
+    # that block with 8 groups whatever its ``n_groups`` (its converter sets 8 here).
+    final_n_groups: int | None = None
     diffusion_step_embed_dim: int = 128
     use_film_scale_modulation: bool = True
     # Noise schedule (diffusers)
@@ -77,6 +80,7 @@ class UNetDiffusionConfig(ComponentConfig):
             "env_state_dim",
             "num_context_tokens",
             "num_inference_steps",
+            "final_n_groups",
         ):
             value = getattr(self, field)
             if value is not None:
@@ -85,12 +89,20 @@ class UNetDiffusionConfig(ComponentConfig):
         check_choice(name, "noise_scheduler_type", self.noise_scheduler_type, ("DDPM", "DDIM"))
         check_choice(name, "prediction_type", self.prediction_type, ("epsilon", "sample"))
         check_choice(
-            name, "beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2")
+            name, "beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
         )
+        if self.beta_schedule == "sigmoid" and self.noise_scheduler_type == "DDIM":
+            raise ConfigError(f"{name}.beta_schedule: diffusers' DDIMScheduler has no 'sigmoid' schedule (DDPM has)")
         if not self.down_dims or any(d <= 0 or d % self.n_groups for d in self.down_dims):
             raise ConfigError(
                 f"{name}.down_dims: expected positive widths divisible by n_groups={self.n_groups}, "
                 f"received {self.down_dims}"
+            )
+        final = self.final_n_groups or self.n_groups
+        if self.down_dims[0] % final:
+            raise ConfigError(
+                f"{name}.final_n_groups: the final block's width down_dims[0]={self.down_dims[0]} must be "
+                f"divisible by its {final} GroupNorm groups"
             )
         if self.kernel_size % 2 == 0:
             raise ConfigError(

@@ -64,6 +64,7 @@ class UNetDiffusionHead(ActionHead):
             n_groups=config.n_groups,
             step_embed_dim=config.diffusion_step_embed_dim,
             scale_modulation=config.use_film_scale_modulation,
+            final_n_groups=config.final_n_groups,
         )
         self.use_scheduler(config.noise_scheduler_type, config.num_inference_steps)
 

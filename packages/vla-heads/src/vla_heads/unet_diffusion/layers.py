@@ -112,3 +112,22 @@ class SinusoidalEmbedding(nn.Module):
         freqs = torch.exp(torch.arange(half, device=t.device) * (-math.log(10000) / (half - 1)))
         angles = t.to(freqs.dtype).unsqueeze(-1) * freqs
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class StepEncoder(nn.Sequential):
+    """Diffusion Policy's step encoder: ``SinusoidalEmbedding(E) -> Linear(E, 4E) -> Mish -> Linear(4E, E)``.
+
+    A ``Sequential`` (its children are named ``0`` to ``3``, as in the reference checkpoints) whose
+    forward casts the sinusoidal features, computed in float32 for exact angles, to ``dtype`` (the
+    compute dtype, e.g. bf16 for a policy loaded in bf16) before the first ``Linear``.
+    t (S,) -> (S, E).
+    """
+
+    def forward(self, t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        embedding, *layers = self
+        x = embedding(t)
+        if dtype is not None:
+            x = x.to(dtype)
+        for layer in layers:
+            x = layer(x)
+        return x

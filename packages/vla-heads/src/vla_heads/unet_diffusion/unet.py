@@ -8,7 +8,8 @@ Structure (``down_dims = (d0, d1, d2)``, action dim A, horizon H), LeRobot's lay
 - ``mid[0..1]``: residual blocks at the widest level
 - ``decoder[i]``: ``res1`` (2 d -> d'), ``res2``, ``upsample`` (transposed conv, x2); the input is the
   previous output concatenated with the matching encoder output (skip connection)
-- ``final_block`` (Conv-GroupNorm-Mish at d0) and ``final_proj`` (1x1 conv to A)
+- ``final_block`` (Conv-GroupNorm-Mish at d0, ``final_n_groups`` groups: ``n_groups`` unless set, 8 in
+  LeRobot whatever its ``n_groups``) and ``final_proj`` (1x1 conv to A)
 
 Every residual block is FiLM-conditioned on ``cond = [step_embedding(t), global_cond]`` (B, E+G).
 For sampling, :meth:`ConditionalUnet1d.film_table` computes every block's FiLM parameters for all
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vla_heads.unet_diffusion.layers import ConvNormMish, ResidualBlock1d, SinusoidalEmbedding
+from vla_heads.unet_diffusion.layers import ConvNormMish, ResidualBlock1d, SinusoidalEmbedding, StepEncoder
 
 
 class EncoderLevel(nn.Module):
@@ -73,6 +74,7 @@ class ConditionalUnet1d(nn.Module):
         n_groups: int = 8,
         step_embed_dim: int = 128,
         scale_modulation: bool = True,
+        final_n_groups: int | None = None,
     ) -> None:
         super().__init__()
         cond_dim = step_embed_dim + global_cond_dim
@@ -81,7 +83,7 @@ class ConditionalUnet1d(nn.Module):
         def res(c_in: int, c_out: int) -> ResidualBlock1d:
             return ResidualBlock1d(c_in, c_out, cond_dim, **block)
 
-        self.step_encoder = nn.Sequential(
+        self.step_encoder = StepEncoder(
             SinusoidalEmbedding(step_embed_dim),
             nn.Linear(step_embed_dim, 4 * step_embed_dim),
             nn.Mish(),
@@ -108,7 +110,7 @@ class ConditionalUnet1d(nn.Module):
             )
             for i in reversed(range(len(down_dims) - 1))
         )
-        self.final_block = ConvNormMish(down_dims[0], down_dims[0], kernel_size, n_groups)
+        self.final_block = ConvNormMish(down_dims[0], down_dims[0], kernel_size, final_n_groups or n_groups)
         self.final_proj = nn.Conv1d(down_dims[0], action_dim, 1)
 
     def blocks(self) -> list[ResidualBlock1d]:
@@ -128,7 +130,7 @@ class ConditionalUnet1d(nn.Module):
         depends only on the step and a part that depends only on the sample
         (:meth:`ResidualBlock1d.film_table`): S + B rows per block instead of S * B.
         """
-        step_mish = F.mish(self.step_encoder(timesteps).to(global_cond.dtype))  # (S, E)
+        step_mish = F.mish(self.step_encoder(timesteps, global_cond.dtype))  # (S, E)
         global_mish = F.mish(global_cond)  # (B, G)
         parts = [block.film_table(step_mish, global_mish) for block in self.blocks()]
         return FilmTable(tuple(s for s, _ in parts), tuple(g for _, g in parts))
@@ -152,7 +154,7 @@ class ConditionalUnet1d(nn.Module):
                 raise ValueError(
                     "ConditionalUnet1d: pass `timestep` and `global_cond`, or precomputed `films`"
                 )
-            cond = torch.cat([self.step_encoder(timestep).to(global_cond.dtype), global_cond], dim=-1)
+            cond = torch.cat([self.step_encoder(timestep, global_cond.dtype), global_cond], dim=-1)
         film = iter(films) if films is not None else None
 
         def res(block: ResidualBlock1d, h: Tensor) -> Tensor:

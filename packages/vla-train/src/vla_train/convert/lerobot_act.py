@@ -58,9 +58,16 @@ from typing import Any
 
 import torch
 from vla_core import CheckpointError, ConfigError, VLAPolicy, load_into, load_tensors
-from vla_core.paths import inside
 
-from vla_train.convert.lerobot import count_indices, read_json, read_lerobot_stats
+from vla_train.convert.lerobot import (
+    check_fields,
+    check_processors,
+    check_stats,
+    count_indices,
+    normalization_modes,
+    read_json,
+    read_lerobot_stats,
+)
 
 # ours <- theirs (vla_core.load_into's ``name_mapping``): whole dotted prefixes.
 NAME_MAPPING: dict[str, str] = {
@@ -80,14 +87,6 @@ NAME_MAPPING: dict[str, str] = {
     "head.decoder": "model.decoder",
     "head.query_pos_embed": "model.decoder_pos_embed",
     "head.action_proj": "model.action_head",
-}
-
-NORM_MODES = {
-    "MEAN_STD": "mean_std",
-    "MIN_MAX": "min_max",
-    "QUANTILES": "quantile",
-    "QUANTILE10": "quantile10",
-    "IDENTITY": "identity",
 }
 
 # LeRobot 0.6.1 ``ACTConfig`` defaults of the fields read here (used when config.json lacks one).
@@ -113,13 +112,10 @@ DEFAULTS: dict[str, Any] = {
     "kl_weight": 10.0,
 }
 ARCHITECTURE_FIELDS = frozenset(DEFAULTS) | {"type", "input_features", "output_features"}
-# Fields with no effect on a saved policy's outputs: where it runs, hub metadata, optimizer presets,
-# and the torchvision weights the backbone started from (the checkpoint holds the trained ones).
-IGNORED_FIELDS = frozenset({
-    "device", "use_amp", "push_to_hub", "repo_id", "private", "tags", "license", "pretrained_path",
-    "pretrained_revision", "optimizer_lr", "optimizer_weight_decay", "optimizer_lr_backbone",
-    "pretrained_backbone_weights", "use_peft",
-})
+# Fields with no effect on a saved policy's outputs (besides lerobot.COMMON_IGNORED_FIELDS): optimizer
+# presets, and the torchvision weights the backbone started from (the checkpoint holds the trained ones).
+IGNORED_FIELDS = frozenset({"optimizer_lr", "optimizer_weight_decay", "optimizer_lr_backbone",
+                            "pretrained_backbone_weights"})
 
 OBS_STATE, OBS_ENV_STATE, ACTION = "observation.state", "observation.environment_state", "action"
 
@@ -132,26 +128,8 @@ RESNET_LAYOUTS = {
     "resnet152": ((3, 8, 36, 3), True),
 }
 
-# Processor steps that leave a saved policy's numbers alone (beyond the checks in ``check_processors``).
-KNOWN_STEPS = {"rename_observations_processor", "to_batch_processor", "device_processor",
-               "normalizer_processor", "unnormalizer_processor"}
-
-
 def _field(lr_config: dict[str, Any], name: str) -> Any:
     return lr_config[name] if name in lr_config else DEFAULTS[name]
-
-
-def check_fields(lr_config: dict[str, Any], path: Path) -> None:
-    """Every config.json field is read or known to be irrelevant; ``use_peft`` must be off."""
-    unknown = sorted(set(lr_config) - ARCHITECTURE_FIELDS - IGNORED_FIELDS)
-    if unknown:
-        raise ConfigError(
-            f"{path}: field(s) {unknown} unknown to the ACT converter (written for LeRobot 0.6.1's ACTConfig); "
-            "it converts only what it understands, so a newer field must be added to it first"
-        )
-    if lr_config.get("use_peft"):
-        raise ConfigError(f"{path}: use_peft is true: a PEFT (LoRA) ACT checkpoint is not convertible; merge "
-                          "the adapters into the weights first")
 
 
 def check_features(lr_config: dict[str, Any]) -> None:
@@ -250,80 +228,6 @@ def head_config(lr_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
     }
 
 
-def normalization_modes(lr_config: dict[str, Any]) -> dict[str, str]:
-    """Our mode for every feature type the policy has; a type LeRobot's mapping omits is IDENTITY (quirk 3)."""
-    mapping = _field(lr_config, "normalization_mapping") or {}
-    for ftype, mode in mapping.items():
-        if mode not in NORM_MODES:
-            raise ConfigError(f"config.json normalization_mapping[{ftype!r}]: LeRobot mode {mode!r} has no vla "
-                              f"equivalent (known: {sorted(NORM_MODES)})")
-    types = {f["type"] for f in [*lr_config["input_features"].values(), *lr_config["output_features"].values()]}
-    return {t: NORM_MODES[mapping.get(t, "IDENTITY")] for t in sorted(types)}
-
-
-def check_processors(src: Path, lr_config: dict[str, Any]) -> None:
-    """Processor steps we reproduce, with the normalizer's modes, features and eps as config.json says,
-    and one value per statistic (the preprocessor's and the postprocessor's action stats agree)."""
-    features = {**lr_config["input_features"], **lr_config["output_features"]}
-    mapping = _field(lr_config, "normalization_mapping") or {}
-    seen: dict[str, tuple[str, torch.Tensor]] = {}
-    for pipeline in sorted(src.glob("policy_*processor*.json")):
-        steps = read_json(pipeline).get("steps")
-        if not isinstance(steps, list):
-            raise ConfigError(f"{pipeline}: expected a list of steps, received {steps!r}")
-        for step in steps:
-            name = step.get("registry_name") if isinstance(step, dict) else None
-            cfg = step.get("config") or {} if isinstance(step, dict) else {}
-            where = f"{pipeline.name}: step {name!r}"
-            if name not in KNOWN_STEPS:
-                raise ConfigError(f"{where} is unknown to the ACT converter (known: {sorted(KNOWN_STEPS)})")
-            if name == "rename_observations_processor" and cfg.get("rename_map"):
-                raise ConfigError(f"{where}: rename_map {cfg['rename_map']} renames observations before the "
-                                  "policy; rename the features instead")
-            if name == "device_processor" and cfg.get("float_dtype") not in (None, "float32"):
-                raise ConfigError(f"{where}: float_dtype {cfg['float_dtype']!r} casts the inputs; only float32 "
-                                  "(or none) is reproduced")
-            if name in ("normalizer_processor", "unnormalizer_processor"):
-                if cfg.get("eps", 1e-8) != 1e-8:
-                    raise ConfigError(f"{where}: eps {cfg['eps']!r}; vla normalizes with eps 1e-8")
-                if (cfg.get("norm_map") or {}) != mapping:
-                    raise ConfigError(f"{where}: norm_map {cfg.get('norm_map')} differs from config.json's "
-                                      f"normalization_mapping {mapping}")
-                want = features if name == "normalizer_processor" else lr_config["output_features"]
-                got = {k: {"type": v["type"], "shape": list(v["shape"])} for k, v in (cfg.get("features") or {}).items()}
-                if got != {k: {"type": v["type"], "shape": list(v["shape"])} for k, v in want.items()}:
-                    raise ConfigError(f"{where}: normalizes features {sorted(got)}, expected exactly {sorted(want)}")
-                if step.get("state_file"):
-                    path = inside(src, str(step["state_file"]), f"{pipeline.name}: state_file")
-                    for stat, value in load_tensors(path).items():
-                        if stat in seen and not torch.equal(seen[stat][1], value):
-                            raise ConfigError(f"{where}: statistic {stat!r} differs from the one in {seen[stat][0]}; "
-                                              "LeRobot normalizes inputs and unnormalizes actions with different "
-                                              "values, which one normalizer cannot reproduce")
-                        seen.setdefault(stat, (pipeline.name, value))
-
-
-def check_stats(stats: dict[str, dict[str, torch.Tensor]], modes: dict[str, str], lr_config: dict[str, Any]) -> None:
-    """Stats LeRobot and vla normalize alike: no zero std or range under a non-identity mode (quirk 8)."""
-    stat_names = {"mean_std": ("std", None), "min_max": ("min", "max"), "quantile": ("q01", "q99"),
-                  "quantile10": ("q10", "q90")}
-    for key, f in {**lr_config["input_features"], **lr_config["output_features"]}.items():
-        mode = modes[f["type"]]
-        if mode == "identity" or key not in stats:
-            continue  # a missing key fails in Normalizer.set_stats, by name
-        low, high = stat_names[mode]
-        if low not in stats[key] or (high is not None and high not in stats[key]):
-            continue  # likewise
-        span = stats[key][low] if high is None else stats[key][high] - stats[key][low]
-        zero = (span == 0).nonzero().flatten().tolist()
-        if zero:
-            what = "std" if high is None else f"{high} - {low}"
-            raise ConfigError(
-                f"normalization stats of {key!r}: {what} is 0 at flat index {zero[:5]}; LeRobot divides by eps "
-                "(1e-8) there and vla by 1, so the converted policy would act differently"
-            )
-
-
 def policy_config(lr_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Our VLAPolicy config dict from LeRobot's ``config.json``, checked against the tensors."""
     if _field(lr_config, "n_obs_steps") != 1:
@@ -346,7 +250,7 @@ def policy_config(lr_config: dict[str, Any], tensors: dict[str, torch.Tensor]) -
         "output_features": feats(lr_config["output_features"]),
         "backbone": backbone,
         "head": head,
-        "normalization": normalization_modes(lr_config),
+        "normalization": normalization_modes(lr_config, _field(lr_config, "normalization_mapping")),
         "n_obs_steps": 1,
         "n_action_steps": int(_field(lr_config, "n_action_steps")),
         "temporal_ensemble_coeff": coeff,
@@ -368,11 +272,11 @@ def convert(src: Path, dst: Path) -> Path:
     lr_config = read_json(src / "config.json")
     if lr_config.get("type") != "act":
         raise ConfigError(f"{src}/config.json: expected LeRobot policy type 'act', received {lr_config.get('type')!r}")
-    check_fields(lr_config, src / "config.json")
+    check_fields(lr_config, src / "config.json", policy="ACT", known=ARCHITECTURE_FIELDS, ignored=IGNORED_FIELDS)
     tensors = load_tensors(src / "model.safetensors")
     check_tensor_names(tensors)
     config = policy_config(lr_config, tensors)
-    check_processors(src, lr_config)
+    check_processors(src, lr_config, _field(lr_config, "normalization_mapping"), policy="ACT")
     stats = read_lerobot_stats(src)
     check_stats(stats, config["normalization"], lr_config)
     policy = VLAPolicy(config)

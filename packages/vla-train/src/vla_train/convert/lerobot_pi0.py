@@ -8,18 +8,51 @@ matrices are dropped.
 
 Head counts cannot be read from shapes (heads x head dim is one number): LeRobot's pi0 hard-codes 8
 query heads in its joint attention and builds SigLIP with PaliGemma's 16 heads, so those are used.
+
+Every ``config.json`` field is read (:data:`DEFAULTS`), known to leave a saved policy's outputs unchanged
+(:data:`IGNORED_FIELDS`: training-only switches, optimizer and scheduler presets) or refused by name; the
+processors and stats pass the checks every LeRobot converter shares (``vla_train.convert.lerobot``), and
+pi0's own steps (newline, tokenizer, relative/absolute actions) must be the ones reproduced here.
+
+Reference quirks (LeRobot 0.6.1), each reproduced or refused:
+
+1. ``paligemma_variant`` / ``action_expert_variant`` name fixed Gemma sizes; the widths, depths and
+   head geometry are read from the tensors instead (LeRobot loads strictly, so they agree).
+2. ``n_obs_steps`` has no effect (``observation_delta_indices`` is None: pi0 sees one step); the
+   converted policy takes one step whatever the field says.
+3. ``dtype: bfloat16`` stores (and runs) the Gemma layers in bfloat16, the vision tower, projector and
+   norms in float32. The weights convert exactly to float32 and the converted policy computes in
+   float32: its actions equal LeRobot's float32 run of the same weights, and LeRobot's bfloat16 run
+   only to bfloat16 precision. The converter warns.
+4. A feature type missing from ``normalization_mapping`` is not normalized (IDENTITY).
+5. Only ``observation.state`` (STATE) and VISUAL features are read, only ``action`` is predicted; other
+   names are refused. ``empty_cameras`` (padding cameras), ``use_relative_actions`` and an enabled
+   ``rtc_config`` have no vla equivalent: refused.
+6. The tokenizer step pads on the right to ``tokenizer_max_length`` and truncates, after appending a
+   newline to the task (``pi0_new_line_processor``); other tokenizer settings are refused.
+7. ``compile_model`` wraps methods (not modules) in ``torch.compile``: the tensor names do not change.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from vla_core import CheckpointError, ConfigError, VLAPolicy, load_into, load_tensors
 
-from vla_train.convert.lerobot import count_indices, read_json, read_lerobot_stats
+from vla_train.convert.lerobot import (
+    DEFAULT_STEPS,
+    check_fields,
+    check_processors,
+    check_stats,
+    count_indices,
+    normalization_modes,
+    read_json,
+    read_lerobot_stats,
+)
 
 PALIGEMMA = "model.paligemma_with_expert.paligemma.model"
 EXPERT = "model.paligemma_with_expert.gemma_expert.model"
@@ -44,7 +77,43 @@ LEGACY_NAMES = {"model.time_mlp_in.": "model.action_time_mlp_in.", "model.time_m
 
 TEXT_HEADS = 8  # LeRobot's compute_layer_complete reshapes to 8 heads
 VISION_HEADS = 16  # PaliGemma's SigLIP So400m default, which LeRobot never changes
-NORM_MODES = {"MEAN_STD": "mean_std", "MIN_MAX": "min_max", "IDENTITY": "identity", "QUANTILES": "quantile"}
+# LeRobot 0.6.1 ``PI0Config`` defaults of the fields read here (used when config.json lacks one).
+DEFAULTS: dict[str, Any] = {
+    "paligemma_variant": "gemma_2b",
+    "action_expert_variant": "gemma_300m",
+    "dtype": "float32",
+    "n_obs_steps": 1,
+    "chunk_size": 50,
+    "n_action_steps": 50,
+    "max_state_dim": 32,
+    "max_action_dim": 32,
+    "num_inference_steps": 10,
+    "time_sampling_beta_alpha": 1.5,
+    "time_sampling_beta_beta": 1.0,
+    "time_sampling_scale": 0.999,
+    "time_sampling_offset": 0.001,
+    "min_period": 4e-3,
+    "max_period": 4.0,
+    "use_relative_actions": False,
+    "rtc_config": None,
+    "image_resolution": [224, 224],
+    "empty_cameras": 0,
+    "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
+    "freeze_vision_encoder": False,
+    "train_expert_only": False,
+    "tokenizer_max_length": 48,
+}
+# Fields with no effect on a saved policy's outputs: training-only switches, torch.compile (of methods:
+# the tensor names stay), the joints relative actions would exclude (refused anyway), optimizer and
+# scheduler presets.
+IGNORED_FIELDS = frozenset({
+    "gradient_checkpointing", "compile_model", "compile_mode", "relative_exclude_joints", "action_feature_names",
+    "optimizer_lr", "optimizer_betas", "optimizer_eps", "optimizer_weight_decay", "optimizer_grad_clip_norm",
+    "scheduler_warmup_steps", "scheduler_decay_steps", "scheduler_decay_lr",
+})
+KNOWN_STEPS = DEFAULT_STEPS | {"pi0_new_line_processor", "tokenizer_processor", "relative_actions_processor",
+                               "absolute_actions_processor"}
+OBS_STATE, ACTION = "observation.state", "action"
 
 
 def _shape(tensors: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:
@@ -81,53 +150,110 @@ def siglip_dims(tensors: dict[str, torch.Tensor], image_size: int) -> dict[str, 
     }
 
 
+def _field(lr: dict[str, Any], name: str, defaults: dict[str, Any] = DEFAULTS) -> Any:
+    return lr[name] if name in lr else defaults[name]
+
+
+def check_config(lr: dict[str, Any], *, policy: str = "pi0", defaults: dict[str, Any] = DEFAULTS) -> None:
+    """The fields with no vla equivalent (quirk 5), the features pi0 / pi05 read, and the dtype (quirk 3).
+    ``defaults``: the policy's LeRobot config defaults; ``policy`` names it in messages."""
+    if _field(lr, "use_relative_actions", defaults):
+        raise ConfigError("config.json use_relative_actions: true (actions relative to the state) has no vla "
+                          "equivalent yet")
+    if _field(lr, "empty_cameras", defaults):
+        raise ConfigError(f"config.json empty_cameras: {lr['empty_cameras']} padding cameras (masked -1 images) "
+                          "have no vla equivalent; expected 0")
+    rtc = _field(lr, "rtc_config", defaults)
+    if isinstance(rtc, dict) and rtc.get("enabled"):
+        raise ConfigError("config.json rtc_config: enabled real-time chunking is not converted; disable it (the "
+                          "weights do not depend on it)")
+    for key, f in lr["input_features"].items():
+        if f["type"] not in ("VISUAL", "STATE") or (f["type"] == "STATE" and key != OBS_STATE):
+            raise ConfigError(f"config.json input_features[{key!r}] (type {f['type']}): LeRobot's {policy} reads only "
+                              f"{OBS_STATE!r} (STATE) and VISUAL features, so it is not converted")
+    outputs = lr["output_features"]
+    if list(outputs) != [ACTION] or outputs[ACTION]["type"] != "ACTION":
+        raise ConfigError(f"config.json output_features: LeRobot's {policy} predicts exactly {ACTION!r} (ACTION), "
+                          f"received {dict(outputs)}")
+    dtype = _field(lr, "dtype", defaults)
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.json dtype: expected 'float32' or 'bfloat16', received {dtype!r}")
+    if dtype == "bfloat16":
+        warnings.warn(f"LeRobot {policy} dtype bfloat16: the weights convert exactly to float32 and the converted "
+                      "policy computes in float32, so its actions match LeRobot's bfloat16 run only to bfloat16 "
+                      "precision", stacklevel=3)
+
+
+def check_step(where: str, name: str, cfg: dict[str, Any], lr: dict[str, Any],
+               defaults: dict[str, Any] = DEFAULTS) -> None:
+    """The tokenizer and relative-action steps pi0 and pi05 share, as the converted policy reproduces them (quirk 6)."""
+    if name == "tokenizer_processor":
+        want = {"max_length": _field(lr, "tokenizer_max_length", defaults), "task_key": "task",
+                "padding_side": "right", "padding": "max_length", "truncation": True}
+        got = {k: cfg.get(k, want[k]) for k in want}
+        if got != want:
+            raise ConfigError(f"{where}: tokenizer settings {got}; the converted policy tokenizes as {want}")
+    if name in ("relative_actions_processor", "absolute_actions_processor") and cfg.get("enabled"):
+        raise ConfigError(f"{where}: enabled; relative actions have no vla equivalent yet")
+
+
 def backbone_config(lr: dict[str, Any], tensors: dict[str, torch.Tensor], tokenizer: str | None, *,
                     policy: str = "pi0") -> dict[str, Any]:
-    """The ``paligemma`` spec from LeRobot's pi0 / pi05 ``config.json`` and the checkpoint's shapes."""
-    if lr.get("use_relative_actions"):
-        raise ConfigError(f"LeRobot {policy} config: use_relative_actions=True has no vla equivalent yet")
-    if lr.get("empty_cameras", 0):
-        raise ConfigError(f"LeRobot {policy} config: empty_cameras > 0 (padding cameras) is not supported")
-    height, width = lr.get("image_resolution", (224, 224))
+    """The ``paligemma`` spec from LeRobot's pi0 / pi05 ``config.json`` (defaults filled in) and the
+    checkpoint's shapes."""
+    height, width = lr["image_resolution"]
     if height != width:
         raise ConfigError(f"LeRobot {policy} config: image_resolution must be square, received {(height, width)}")
     return {
         "type": "paligemma", **siglip_dims(tensors, height), **gemma_dims(tensors, f"{PALIGEMMA}.language_model"),
         "vocab_size": _shape(tensors, f"{PALIGEMMA}.language_model.embed_tokens.weight")[0],
-        "max_token_len": lr.get("tokenizer_max_length", 48),
-        "freeze_vision": bool(lr.get("freeze_vision_encoder", False)), "tokenizer": tokenizer,
+        "max_token_len": lr["tokenizer_max_length"],
+        "freeze_vision": bool(lr["freeze_vision_encoder"]), "tokenizer": tokenizer,
     }
 
 
 def flow_fields(lr: dict[str, Any], tensors: dict[str, torch.Tensor], backbone: dict[str, Any]) -> dict[str, Any]:
-    """The expert-head fields pi0 and pi05 share: geometry, prefix geometry, chunk and flow settings."""
-    return {
+    """The expert-head fields pi0 and pi05 share: geometry, prefix geometry, chunk and flow settings
+    (``lr`` with defaults filled in); ``max_action_dim`` must agree with the checkpoint."""
+    fields = {
         **gemma_dims(tensors, EXPERT), "horizon": lr["chunk_size"],
         "max_action_dim": _shape(tensors, "model.action_in_proj.weight")[1],
         "prefix_num_layers": backbone["depth"], "prefix_num_kv_heads": backbone["num_kv_heads"],
         "prefix_head_dim": backbone["head_dim"],
-        "num_inference_steps": lr.get("num_inference_steps", 10),
-        "time_beta_alpha": lr.get("time_sampling_beta_alpha", 1.5), "time_beta_beta": lr.get("time_sampling_beta_beta", 1.0),
-        "time_scale": lr.get("time_sampling_scale", 0.999), "time_offset": lr.get("time_sampling_offset", 0.001),
-        "min_period": lr.get("min_period", 4e-3), "max_period": lr.get("max_period", 4.0),
+        "num_inference_steps": lr["num_inference_steps"],
+        "time_beta_alpha": lr["time_sampling_beta_alpha"], "time_beta_beta": lr["time_sampling_beta_beta"],
+        "time_scale": lr["time_sampling_scale"], "time_offset": lr["time_sampling_offset"],
+        "min_period": lr["min_period"], "max_period": lr["max_period"],
     }
+    check_dim(lr, "max_action_dim", "model.action_in_proj.weight (columns)", fields["max_action_dim"])
+    return fields
+
+
+def check_dim(lr: dict[str, Any], field: str, tensor: str, found: int) -> None:
+    """``config.json``'s ``field`` equals what the checkpoint's ``tensor`` says (``found``)."""
+    if lr[field] != found:
+        raise CheckpointError(f"config.json {field} is {lr[field]!r} but model.safetensors {tensor} says {found}")
 
 
 def wrap_policy(lr: dict[str, Any], backbone: dict[str, Any], head: dict[str, Any]) -> dict[str, Any]:
     """The VLAPolicy config dict around the two specs: features, normalization modes, steps, freezing."""
-    modes = {k: NORM_MODES[v] for k, v in (lr.get("normalization_mapping") or {}).items()}
     return {
         "input_features": lr["input_features"], "output_features": lr["output_features"],
-        "normalization": modes, "n_action_steps": lr.get("n_action_steps"), "n_obs_steps": lr.get("n_obs_steps", 1),
-        "freeze_backbone": bool(lr.get("train_expert_only", False)), "backbone": backbone, "head": head,
+        "normalization": normalization_modes(lr, lr["normalization_mapping"]),
+        "n_action_steps": lr["n_action_steps"],
+        "n_obs_steps": 1,  # quirk 2: LeRobot's pi0 / pi05 see one step whatever n_obs_steps says
+        "freeze_backbone": bool(lr["train_expert_only"]), "backbone": backbone, "head": head,
     }
 
 
 def policy_config(lr: dict[str, Any], tensors: dict[str, torch.Tensor], tokenizer: str | None) -> dict[str, Any]:
     """Our VLAPolicy config dict from LeRobot's ``config.json`` and the checkpoint's tensor shapes."""
+    check_config(lr)
+    lr = {**DEFAULTS, **lr}
     backbone = backbone_config(lr, tensors, tokenizer)
     head = {"type": "pi0_flow", **flow_fields(lr, tensors, backbone),
             "max_state_dim": _shape(tensors, "model.state_proj.weight")[1]}
+    check_dim(lr, "max_state_dim", "model.state_proj.weight (columns)", head["max_state_dim"])
     return wrap_policy(lr, backbone, head)
 
 
@@ -156,9 +282,16 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, tokenizer: str | 
     lr = read_json(src / "config.json")
     if lr.get("type") != "pi0":
         raise ConfigError(f"{src / 'config.json'}: expected a LeRobot pi0 policy, received type {lr.get('type')!r}")
+    check_fields(lr, src / "config.json", policy="pi0", known=frozenset(DEFAULTS) | {"input_features", "output_features"},
+                 ignored=IGNORED_FIELDS)
     tensors = lerobot_tensors(src)
-    policy = VLAPolicy(policy_config(lr, tensors, None if tokenizer is None else str(tokenizer)))
-    policy.normalizer.set_stats(read_lerobot_stats(src))
+    config = policy_config(lr, tensors, None if tokenizer is None else str(tokenizer))
+    check_processors(src, lr, _field(lr, "normalization_mapping"), policy="pi0", known_steps=KNOWN_STEPS,
+                     step_check=lambda where, name, cfg: check_step(where, name, cfg, lr))
+    stats = read_lerobot_stats(src)
+    check_stats(stats, config["normalization"], lr)
+    policy = VLAPolicy(config)
+    policy.normalizer.set_stats(stats)
     stats = {f"normalizer.{k}": v for k, v in policy.normalizer.state_dict().items()}
     load_into(policy, {**tensors, **stats}, name_mapping=NAME_MAPPING, strict=True)
     return policy.save_pretrained(dst)

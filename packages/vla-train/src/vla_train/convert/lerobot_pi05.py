@@ -3,21 +3,29 @@ state in its prompt + ``pi05_flow`` head).
 
 Reads what the pi0 converter reads (:mod:`vla_train.convert.lerobot_pi0`: ``config.json``,
 ``model.safetensors`` with every width and depth from tensor shapes, the normalizer stats of the
-processor files) with pi0.5's differences:
+processor files) and refuses what it refuses, with the same shared checks (every ``config.json``
+field read, ignored by name or refused; the processor steps, normalizer modes and stats checked by
+``vla_train.convert.lerobot``; an enabled ``rtc_config``, relative actions and padding cameras
+refused). pi0.5's differences:
 
 - The expert's norms are adaptive: ``input_layernorm.dense`` / ``post_attention_layernorm.dense`` /
   ``norm.dense`` (weight (3 D, D), bias (3 D)), conditioned on ``time_mlp_in`` / ``time_mlp_out``;
   there is no ``state_proj``.
 - The state is written into the prompt: LeRobot's ``Pi05PrepareStateTokenizerProcessorStep``
-  digitizes the normalized state into 256 bins (a constant of that step, not a config field), so the
-  backbone gets ``discrete_state_bins=256``. ``max_state_dim`` shapes no tensor and is not read by
-  that step: it is ignored.
+  (``pi05_prepare_state_tokenizer_processor_step``) digitizes the normalized state into 256 bins (a
+  constant of that step, not a config field) and writes ``"Task: {task}, State: {bins};\nAction: "``,
+  so the backbone gets ``discrete_state_bins=256``. ``max_state_dim`` shapes no tensor and that step
+  does not pad with it: it is ignored (in ``config.json`` and in the step's config). The step's
+  ``task_key`` must be ``task``. There is no newline step (the prompt ends in its own newline).
+- LeRobot's PI05Config defaults differ from PI0Config's in ``tokenizer_max_length`` (200) and the
+  ``normalization_mapping`` (QUANTILES for STATE and ACTION).
 - LeRobot's ``_fix_pytorch_state_dict_keys`` renames unprefixed ``action_time_mlp_*`` to
   ``time_mlp_*`` (done here too) and *skips* unprefixed ``state_proj`` and non-adaptive expert norm
   weights, which leaves the adaptive norms at their initial values: such a checkpoint is refused.
 
 Quirks kept: the loss averages over the real action dims only (LeRobot's ``forward``); a state
-value below -1 lands in bin -1 (see :mod:`vla_backbones.paligemma.prompt`).
+value below -1 lands in bin -1 (see :mod:`vla_backbones.paligemma.prompt`); ``n_obs_steps`` has no
+effect; ``dtype: bfloat16`` converts exactly to float32 (with a warning), as for pi0.
 """
 
 from __future__ import annotations
@@ -29,11 +37,24 @@ from typing import Any
 import torch
 from vla_core import CheckpointError, ConfigError, VLAPolicy, load_into
 
-from vla_train.convert.lerobot import read_json, read_lerobot_stats
+from vla_train.convert.lerobot import (
+    DEFAULT_STEPS,
+    check_fields,
+    check_processors,
+    check_stats,
+    read_json,
+    read_lerobot_stats,
+)
+from vla_train.convert.lerobot_pi0 import (
+    DEFAULTS as PI0_DEFAULTS,
+)
 from vla_train.convert.lerobot_pi0 import (
     EXPERT,
+    IGNORED_FIELDS,
     PALIGEMMA,
     backbone_config,
+    check_config,
+    check_step,
     flow_fields,
     lerobot_tensors,
     wrap_policy,
@@ -55,23 +76,25 @@ NAME_MAPPING: dict[str, str] = {
 }
 # LeRobot's pi05 _fix_pytorch_state_dict_keys (for unprefixed keys, which gain "model." first).
 LEGACY_NAMES = {"model.action_time_mlp_in.": "model.time_mlp_in.", "model.action_time_mlp_out.": "model.time_mlp_out."}
-# Every PI05Config field (LeRobot 0.6.1 config.json) is used, ignored by name or refused below.
-USED = {
-    "type", "input_features", "output_features", "normalization_mapping", "n_action_steps", "n_obs_steps",
-    "train_expert_only", "freeze_vision_encoder", "image_resolution", "tokenizer_max_length", "chunk_size",
-    "num_inference_steps", "time_sampling_beta_alpha", "time_sampling_beta_beta", "time_sampling_scale",
-    "time_sampling_offset", "min_period", "max_period", "max_action_dim",
-    "use_relative_actions", "empty_cameras", "rtc_config", "use_peft",  # refused when set
+# LeRobot 0.6.1 ``PI05Config`` defaults: PI0Config's fields, with its own prompt length and normalization.
+DEFAULTS: dict[str, Any] = {
+    **PI0_DEFAULTS,
+    "tokenizer_max_length": 200,
+    "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": "QUANTILES", "ACTION": "QUANTILES"},
 }
-# Cannot change the converted model's outputs: variants (shapes are read from the tensors), dtype (the
-# converted policy runs in float32 unless autocast is asked for), training, device and hub settings.
-IGNORED = {
-    "max_state_dim", "paligemma_variant", "action_expert_variant", "dtype", "gradient_checkpointing", "compile_model",
-    "compile_mode", "device", "use_amp", "optimizer_lr", "optimizer_betas", "optimizer_eps", "optimizer_weight_decay",
-    "optimizer_grad_clip_norm", "scheduler_warmup_steps", "scheduler_decay_steps", "scheduler_decay_lr",
-    "relative_exclude_joints", "action_feature_names", "license", "pretrained_path", "pretrained_revision", "private",
-    "push_to_hub", "repo_id", "tags",
-}
+# max_state_dim shapes no pi05 tensor and the state step does not pad with it.
+IGNORED = IGNORED_FIELDS | {"max_state_dim"}
+STATE_STEP = "pi05_prepare_state_tokenizer_processor_step"
+KNOWN_STEPS = DEFAULT_STEPS | {STATE_STEP, "tokenizer_processor", "relative_actions_processor",
+                               "absolute_actions_processor"}
+
+
+def check_pi05_step(where: str, name: str, cfg: dict[str, Any], lr: dict[str, Any]) -> None:
+    """pi05's processor steps as the converted policy reproduces them: the state prompt reads ``task``."""
+    check_step(where, name, cfg, lr, DEFAULTS)
+    if name == STATE_STEP and cfg.get("task_key", "task") != "task":
+        raise ConfigError(f"{where}: task_key {cfg['task_key']!r}; the converted policy writes the state into "
+                          "the prompt of 'task'")
 
 
 def check_pi05_tensors(tensors: dict[str, torch.Tensor]) -> None:
@@ -87,19 +110,10 @@ def check_pi05_tensors(tensors: dict[str, torch.Tensor]) -> None:
 
 def policy_config(lr: dict[str, Any], tensors: dict[str, torch.Tensor], tokenizer: str | None) -> dict[str, Any]:
     """Our VLAPolicy config dict from LeRobot's pi05 ``config.json`` and the checkpoint's tensor shapes."""
-    unknown = sorted(set(lr) - USED - IGNORED)
-    if unknown:
-        raise ConfigError(f"LeRobot pi05 config: unknown fields {unknown}; this converter knows LeRobot 0.6.x's PI05Config")
-    if lr.get("use_peft"):
-        raise ConfigError("LeRobot pi05 config: use_peft=True (an adapter directory); merge the adapter into the weights first")
-    rtc = lr.get("rtc_config")
-    if isinstance(rtc, dict) and rtc.get("enabled"):
-        raise ConfigError("LeRobot pi05 config: rtc_config.enabled=True (real-time chunking) has no vla equivalent yet")
+    check_config(lr, policy="pi05", defaults=DEFAULTS)
+    lr = {**DEFAULTS, **lr}
     backbone = {**backbone_config(lr, tensors, tokenizer, policy="pi05"), "discrete_state_bins": STATE_BINS}
     head = {"type": "pi05_flow", **flow_fields(lr, tensors, backbone)}
-    if lr.get("max_action_dim", head["max_action_dim"]) != head["max_action_dim"]:
-        raise CheckpointError(f"LeRobot pi05: config max_action_dim {lr['max_action_dim']} but model.action_in_proj "
-                              f"takes {head['max_action_dim']}")
     cond = tensors.get(f"{EXPERT}.norm.dense.weight")
     if cond is None or tuple(cond.shape) != (3 * head["width"], head["width"]):
         raise CheckpointError(f"LeRobot pi05 checkpoint: expected {EXPERT}.norm.dense.weight of shape "
@@ -118,10 +132,17 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, tokenizer: str | 
     lr = read_json(src / "config.json")
     if lr.get("type") != "pi05":
         raise ConfigError(f"{src / 'config.json'}: expected a LeRobot pi05 policy, received type {lr.get('type')!r}")
+    check_fields(lr, src / "config.json", policy="pi05", known=frozenset(DEFAULTS) | {"input_features", "output_features"},
+                 ignored=IGNORED)
     tensors = lerobot_tensors(src, LEGACY_NAMES)
     check_pi05_tensors(tensors)
-    policy = VLAPolicy(policy_config(lr, tensors, None if tokenizer is None else str(tokenizer)))
-    policy.normalizer.set_stats(read_lerobot_stats(src))
+    config = policy_config(lr, tensors, None if tokenizer is None else str(tokenizer))
+    check_processors(src, lr, lr.get("normalization_mapping", DEFAULTS["normalization_mapping"]), policy="pi05",
+                     known_steps=KNOWN_STEPS, step_check=lambda where, name, cfg: check_pi05_step(where, name, cfg, lr))
+    stats = read_lerobot_stats(src)
+    check_stats(stats, config["normalization"], lr)
+    policy = VLAPolicy(config)
+    policy.normalizer.set_stats(stats)
     stats = {f"normalizer.{k}": v for k, v in policy.normalizer.state_dict().items()}
     load_into(policy, {**tensors, **stats}, name_mapping=NAME_MAPPING, strict=True)
     return policy.save_pretrained(dst)

@@ -8,7 +8,7 @@ A robot runs the published ``openpi-client`` unchanged::
     actions = client.infer({"observation/image": img, "observation/state": q, "prompt": "pick"})["actions"]
 
 The modules: ``protocol`` (msgpack-numpy wire format and reply shapes), ``observations``
-(client keys -> policy batches, validation), ``server`` (websocket server, sessions, batching).
+(client keys -> policy batches, validation, the ``__rtc__`` request part), ``server`` (websocket server, sessions, batching).
 Needs the ``serve`` extra (``websockets``, ``msgpack``), imported on first use.
 """
 
@@ -17,11 +17,13 @@ from vla_train.serve.observations import (
     ObservationAdapter,
     ObservationError,
     ObservationHistory,
+    RTCRequest,
     build_obs_map,
     collate,
     load_obs_map,
+    parse_rtc,
 )
-from vla_train.serve.protocol import ProtocolError, action_reply, packb, unpackb
+from vla_train.serve.protocol import RTC_KEY, ProtocolError, action_reply, packb, unpackb
 from vla_train.serve.server import (
     PolicyServer,
     ServerStats,
@@ -34,11 +36,13 @@ from vla_train.serve.server import (
 
 __all__ = [
     "PROMPT",
+    "RTC_KEY",
     "ObservationAdapter",
     "ObservationError",
     "ObservationHistory",
     "PolicyServer",
     "ProtocolError",
+    "RTCRequest",
     "ServerStats",
     "Session",
     "action_reply",
@@ -46,6 +50,7 @@ __all__ = [
     "collate",
     "load_obs_map",
     "packb",
+    "parse_rtc",
     "policy_metadata",
     "read_api_key",
     "resolve_device",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,44 @@ class ObservationHistory:
 
     def reset(self) -> None:
         self._past.clear()
+
+
+@dataclass(frozen=True)
+class RTCRequest:
+    """A request's real-time chunking part: ``prefix`` (H', A) float32 in robot units, ``delay`` int."""
+
+    prefix: np.ndarray
+    delay: int
+
+    @property
+    def group(self) -> tuple[int, int]:
+        """Requests with equal (H', delay) run in one guided policy call."""
+        return self.prefix.shape[0], self.delay
+
+
+def parse_rtc(value: Any, *, horizon: int, action_dim: int, key: str = "__rtc__") -> RTCRequest:
+    """The ``{"prefix": (H', A) array, "delay": int}`` map of a request, checked: 1 <= H' <= ``horizon``,
+    A = ``action_dim``, finite values, 0 <= delay <= H'. Errors name ``__rtc__.prefix`` / ``__rtc__.delay``."""
+    if not isinstance(value, dict) or set(value) != {"prefix", "delay"}:
+        got = f"a map with keys {sorted(map(str, value))}" if isinstance(value, dict) else _describe(value)
+        raise ObservationError(key, "a map {'prefix': array (H', A), 'delay': int}", got)
+    prefix, delay = value["prefix"], value["delay"]
+    if isinstance(prefix, (list, tuple)):
+        try:
+            prefix = np.asarray(prefix)
+        except ValueError:
+            raise ObservationError(f"{key}.prefix", "an array (H', A)", "a ragged list") from None
+    want = f"a real-valued array (H', {action_dim}) with 1 <= H' <= {horizon} (the previous chunk's unexecuted actions)"
+    if (not isinstance(prefix, np.ndarray) or prefix.dtype.kind not in "iuf" or prefix.ndim != 2
+            or not 1 <= prefix.shape[0] <= horizon or prefix.shape[1] != action_dim):
+        raise ObservationError(f"{key}.prefix", want, _describe(prefix))
+    prefix = prefix.astype(np.float32)
+    bad = int(prefix.size - np.isfinite(prefix).sum())
+    if bad:
+        raise ObservationError(f"{key}.prefix", "finite values", f"{bad} NaN/Inf value(s)")
+    if isinstance(delay, (bool, np.bool_)) or not isinstance(delay, (int, np.integer)) or not 0 <= delay <= len(prefix):
+        raise ObservationError(f"{key}.delay", f"an int in [0, H' = {len(prefix)}]", repr(delay))
+    return RTCRequest(prefix, int(delay))
 
 
 def collate(samples: list[Sample], device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -28,6 +28,8 @@ NPGENERIC = b"__npgeneric__"
 # array kinds that travel: bool, signed / unsigned int, float, unicode and byte strings
 WIRE_KINDS = frozenset("biufUS")
 CONTROL_KEY = "__ctrl__"  # a request {"__ctrl__": "reset"} is a control message (vla extension)
+# optional request key {"__rtc__": {"prefix": (H', A) array, "delay": int}}: real-time chunking (vla extension)
+RTC_KEY = "__rtc__"
 
 
 class ProtocolError(ValueError):

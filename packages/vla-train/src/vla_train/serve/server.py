@@ -3,7 +3,8 @@
 Each connection is a session (:class:`Session`: its observation history and timing). Its
 requests are decoded and validated on the event loop, then queued; a batcher collects what
 arrives within ``batch_window_ms`` (at most ``max_batch``) and runs one ``predict_action_chunk``
-on the batch in a single worker thread, so the loop keeps accepting, decoding and answering
+on the batch (one per group of real-time chunking requests with equal prefix length and delay) in a
+single worker thread, so the loop keeps accepting, decoding and answering
 while the policy runs. A rejected request is answered with a text frame and the connection
 stays open; a failing batch is retried one request at a time, so one bad request cannot fail
 the others.
@@ -34,13 +35,24 @@ from vla_core.errors import ConfigError, require
 
 from vla_train.serve.observations import (
     ObservationAdapter,
+    ObservationError,
     ObservationHistory,
+    RTCRequest,
     Sample,
     build_obs_map,
     collate,
     load_obs_map,
+    parse_rtc,
 )
-from vla_train.serve.protocol import CONTROL_KEY, ProtocolError, action_reply, error_text, packb, unpackb
+from vla_train.serve.protocol import (
+    CONTROL_KEY,
+    RTC_KEY,
+    ProtocolError,
+    action_reply,
+    error_text,
+    packb,
+    unpackb,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +117,8 @@ def policy_metadata(policy: Policy, obs_map: Mapping[str, str], **extra: Any) ->
         "obs_map": dict(obs_map),
         "image_formats": ["uint8 HWC", "float CHW in [0, 1]"],
         "control": ["reset"],
+        # real-time chunking: a request may carry {"__rtc__": {"prefix": (H', A), "delay": d}} (flow heads)
+        "rtc": bool(policy.supports_rtc),
         **extra,
     }
 
@@ -133,7 +147,7 @@ class PolicyServer:
         self.max_message_bytes = max_message_bytes
         self._api_key = api_key
         self.metadata = policy_metadata(policy, self.obs_map, max_message_bytes=max_message_bytes,
-                                        device=str(self.device))
+                                        device=str(self.device), compiled=policy.is_compiled)
         self.stats = ServerStats()
         self._session_ids = itertools.count()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -143,11 +157,16 @@ class PolicyServer:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_path(cls, path: str | Path, *, device: str = "auto", **kwargs: Any) -> PolicyServer:
-        """A server for a run directory (its ``pretrained/``) or a policy directory."""
+    def from_path(cls, path: str | Path, *, device: str = "auto", compile_mode: str | None = None,
+                  **kwargs: Any) -> PolicyServer:
+        """A server for a run directory (its ``pretrained/``) or a policy directory; ``compile_mode``
+        (a :data:`vla_core.COMPILE_MODES` name) serves it compiled (:meth:`vla_core.Policy.compile`; the
+        first request of each batch size compiles)."""
         from vla_train.eval import resolve_policy_dir
 
         policy = load_policy(resolve_policy_dir(path)).to(resolve_device(device))
+        if compile_mode is not None:
+            policy.compile(compile_mode)
         return cls(policy, **kwargs)
 
     # ----------------------------------------------------------------- running
@@ -247,9 +266,10 @@ class PolicyServer:
                 raise ProtocolError(f"expected a msgpack map of observation keys, received {type(obs).__name__}")
             if CONTROL_KEY in obs:
                 return packb(self._control(session, obs[CONTROL_KEY]))
+            rtc = self._rtc(obs[RTC_KEY]) if RTC_KEY in obs else None
             sample = session.history.window(self.adapter.convert(obs))
             future = asyncio.get_running_loop().create_future()
-            await self._queue.put((sample, future))
+            await self._queue.put((sample, rtc, future))
             actions, policy_ms, batch_size = await future
         except Exception as err:  # noqa: BLE001 - any failure is this request's error reply; the server serves on
             self.stats.errors += 1
@@ -260,6 +280,13 @@ class PolicyServer:
         server_ms = (time.perf_counter() - start) * 1e3
         return packb(action_reply(actions, policy_ms=policy_ms, batch_size=batch_size, server_ms=server_ms,
                                   prev_total_ms=session.prev_total_ms))
+
+    def _rtc(self, value: Any) -> RTCRequest:
+        """vla's protocol extension: a request's ``__rtc__`` map, checked against the policy."""
+        if not self.policy.supports_rtc:
+            raise ObservationError(RTC_KEY, "no __rtc__ key: real-time chunking needs a flow-matching head (the "
+                                   "server metadata says rtc: false)", f"one, for policy {self.policy.rtc_unsupported_reason()}")
+        return parse_rtc(value, horizon=self.policy.horizon, action_dim=self.policy.action_dim, key=RTC_KEY)
 
     def _control(self, session: Session, command: Any) -> dict[str, Any]:
         """vla's protocol extension: ``{"__ctrl__": "reset"}`` clears the session's history."""
@@ -279,11 +306,11 @@ class PolicyServer:
             while len(items) < self.max_batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             try:
-                results = await loop.run_in_executor(self._executor, self._infer, [s for s, _ in items])
+                results = await loop.run_in_executor(self._executor, self._infer, [(s, r) for s, r, _ in items])
             except Exception as err:  # noqa: BLE001 - the executor itself failed: answer everyone, keep batching
                 results = [err] * len(items)
             self.stats.batch_sizes[len(items)] += 1
-            for (_, future), result in zip(items, results):
+            for (_, _, future), result in zip(items, results):
                 if future.done():
                     continue
                 if isinstance(result, BaseException):
@@ -291,21 +318,39 @@ class PolicyServer:
                 else:
                     future.set_result(result)
 
-    def _infer(self, samples: list[Sample]) -> list[tuple[np.ndarray, float, int] | Exception]:
-        """Worker thread: chunks (H, A) float32 with the policy time (ms) and batch size, or errors.
+    def _infer(self, requests: list[tuple[Sample, RTCRequest | None]]) -> list[tuple[np.ndarray, float, int] | Exception]:
+        """Worker thread: chunks (H, A) float32 with the policy time (ms) and batch size, or errors, in order.
 
-        A batch that fails is retried one sample at a time, so each request gets its own answer.
+        Plain requests run in one policy call, real-time chunking requests in one call per (H', delay).
         """
+        groups: dict[Any, list[int]] = collections.defaultdict(list)
+        for i, (_, rtc) in enumerate(requests):
+            groups[None if rtc is None else rtc.group].append(i)
+        results: list[Any] = [None] * len(requests)
+        for indices in groups.values():
+            for i, result in zip(indices, self._infer_group([requests[i] for i in indices])):
+                results[i] = result
+        return results
+
+    def _infer_group(self, requests: list[tuple[Sample, RTCRequest | None]]) -> list[Any]:
+        """One policy call for requests with the same RTC shape. A batch that fails is retried one request
+        at a time, so each request gets its own answer."""
         try:
             start = time.perf_counter()
-            chunk = self.policy.predict_action_chunk(collate(samples, self.device))
+            batch = collate([s for s, _ in requests], self.device)
+            rtc = requests[0][1]
+            if rtc is None:
+                chunk = self.policy.predict_action_chunk(batch)
+            else:
+                prefix = torch.from_numpy(np.stack([r.prefix for _, r in requests]))
+                chunk = self.policy.predict_action_chunk(batch, prefix=prefix, delay=rtc.delay)
             chunk = chunk.float().cpu().numpy()
             policy_ms = (time.perf_counter() - start) * 1e3
-            return [(c, policy_ms, len(samples)) for c in chunk]
+            return [(c, policy_ms, len(requests)) for c in chunk]
         except Exception as err:  # noqa: BLE001 - reported to the request(s) it belongs to
-            if len(samples) == 1:
+            if len(requests) == 1:
                 return [err]
-            return [self._infer([s])[0] for s in samples]
+            return [self._infer_group([r])[0] for r in requests]
 
 
 def _authorized(header: str | None, api_key: str) -> bool:
@@ -316,19 +361,21 @@ def _authorized(header: str | None, api_key: str) -> bool:
 
 
 def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          api_key_env: str | None = None, obs_map: str | Mapping[str, str] | None = None, **kwargs: Any) -> None:
+          api_key_env: str | None = None, obs_map: str | Mapping[str, str] | None = None,
+          compile_mode: str | None = None, **kwargs: Any) -> None:
     """``vla serve``: load the policy at ``path`` (run or policy directory) and serve it until interrupted.
 
     ``obs_map`` is a mapping, inline JSON or a JSON / YAML file; ``api_key_env`` names the environment
-    variable holding the API key. Prints ``serving PATH on ws://HOST:PORT ...`` once listening.
+    variable holding the API key; ``compile_mode`` serves the policy compiled (see :meth:`from_path`). Prints ``serving PATH on ws://HOST:PORT ...`` once listening.
     """
     if isinstance(obs_map, (str, Path)):
         obs_map = load_obs_map(obs_map)
     server = PolicyServer.from_path(path, device=device, host=host, port=port, api_key=read_api_key(api_key_env),
-                                    obs_map=obs_map, **kwargs)
+                                    obs_map=obs_map, compile_mode=compile_mode, **kwargs)
 
     def ready(s: PolicyServer) -> None:
-        print(f"serving {path} on ws://{s.host}:{s.port} ({s.device}); health check: /healthz", flush=True)
+        compiled = f", compiled: {compile_mode}" if s.policy.is_compiled else ""
+        print(f"serving {path} on ws://{s.host}:{s.port} ({s.device}{compiled}); health check: /healthz", flush=True)
 
     try:
         server.serve_forever(on_ready=ready)
