@@ -103,6 +103,19 @@ def test_default_targets_are_the_components_attention_and_mlp_projections(tmp_pa
     assert any(n.startswith("backbone.llm.layers.0.self_attn.") for n in groot)
 
 
+
+def test_pi05_expert_declares_the_same_targets_as_pi0(tmp_path):
+    """pi0.5's expert (adaptive norms, no state token) adapts its attention and MLP projections, not the norms' maps."""
+    pi05 = tiny_policy(tmp_path, ("paligemma", "pi05_flow"))
+    assert default_targets(pi05) == default_targets(tiny_policy(tmp_path))
+    names = target_names(pi05)
+    depth = pi05.config.backbone["depth"] + pi05.config.head["depth"]
+    assert len(names) == 7 * depth and not any(".dense" in n for n in names)
+    adapted = apply_peft(pi05, PeftConfig(r=2))
+    trainable = [n for n, p in adapted.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    assert "head.layers.1.mlp.down_proj.lora_B.default.weight" in trainable
+
 def test_patterns_match_module_or_weight_names_and_a_miss_is_named(tmp_path):
     policy = tiny_policy(tmp_path)
     assert target_names(policy, ["head.layers.0.self_attn.q_proj.weight", "head.action_out_proj"]) == [

@@ -18,7 +18,7 @@ from vla_core import FlowActionHead, RTCGuide, VLAPolicy, build_policy
 from vla_core.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, guidance_weight, prefix_weights
 from vla_core.testing import check_rtc, policy_batch, set_random_stats, tiny_policy_config
 
-FLOW_PAIRS = [("paligemma", "pi0_flow"), ("test_linear", "dit_flow_matching")]
+FLOW_PAIRS = [("paligemma", "pi0_flow"), ("paligemma", "pi05_flow"), ("test_linear", "dit_flow_matching")]
 
 
 @pytest.fixture(scope="module", params=FLOW_PAIRS, ids=[h for _, h in FLOW_PAIRS])
@@ -26,7 +26,7 @@ def flow_policy(request, tmp_path_factory):
     backbone, head = request.param
     torch.manual_seed(0)
     config = tiny_policy_config(backbone, head, tmp_path_factory.mktemp(head))
-    if head == "pi0_flow":
+    if head in ("pi0_flow", "pi05_flow"):
         config["head"]["horizon"] = 8
     else:
         config["head"]["horizon"] = 8
@@ -189,6 +189,28 @@ def test_pi0_field_reproduces_pi0_euler_bit_for_bit(tmp_path):
         want = euler_sample(lambda x, t: head.velocity(x, t, state_tok, kv, suffix), field.noise, field.steps)
         assert torch.equal(field.integrate(), want)
 
+
+
+def test_pi05_field_reproduces_pi05_euler_bit_for_bit(tmp_path):
+    """The shared ExpertFlowHead field gives pi0.5 (no state token, adaptive norms) its own Euler exactly too."""
+    from vla_heads.pi0_flow.flow import euler_sample
+
+    torch.manual_seed(0)
+    policy = set_random_stats(VLAPolicy(tiny_policy_config("paligemma", "pi05_flow", tmp_path))).eval()
+    head = policy.head
+    with torch.no_grad():  # LeRobot's zero init leaves time unused; give the adaptive norms an effect
+        for name, p in head.named_parameters():
+            if ".dense." in name:
+                p.normal_(0.0, 0.05)
+    nbatch = policy.normalizer.normalize_batch(policy.prepare(policy_batch(policy, 2))[0])
+    with torch.no_grad():
+        context = policy.encode(nbatch)
+        field = head.flow_field(context, nbatch, noise=_noise(policy, 2, 0), generator=None)
+        kv, suffix = head.prefix_kv(context), head.suffix_inputs(context)
+        fixed = head.fixed_inputs(nbatch, suffix[0].dtype)
+        want = euler_sample(lambda x, t: head.velocity(x, t, fixed, kv, suffix), field.noise, field.steps)
+        assert torch.equal(field.integrate(), want)
+        assert torch.equal(head.predict_action(context, nbatch, noise=_noise(policy, 2, 0)), want[..., : head.action_dim])
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone,head", FLOW_PAIRS, ids=[h for _, h in FLOW_PAIRS])
