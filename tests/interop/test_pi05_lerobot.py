@@ -87,9 +87,39 @@ def test_converter_refuses_unknown_fields_and_pi0_tensors(lerobot_pi05, tmp_path
     shutil.copytree(lerobot_pi05 / "default" / "policy", src)
     config = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps({**config, "new_option": 1}))
-    with pytest.raises(ConfigError, match=r"unknown fields \['new_option'\]"):
+    with pytest.raises(ConfigError, match=r"field\(s\) \['new_option'\] unknown to the pi05 converter"):
+        convert(src, tmp_path / "a")
+    # pi0's refusals, through the same shared checks
+    (src / "config.json").write_text(json.dumps({**config, "rtc_config": {"enabled": True}}))
+    with pytest.raises(ConfigError, match="rtc_config: enabled real-time chunking is not converted"):
+        convert(src, tmp_path / "a")
+    (src / "config.json").write_text(json.dumps({**config, "use_relative_actions": True}))
+    with pytest.raises(ConfigError, match="use_relative_actions"):
         convert(src, tmp_path / "a")
     (src / "config.json").write_text(json.dumps(config))
+    # pi05's own processor step, and the tokenizer step, must be the ones reproduced
+    pre = src / "policy_preprocessor.json"
+    original = pre.read_text()
+    steps = json.loads(original)
+    names = [step["registry_name"] for step in steps["steps"]]
+    assert "pi05_prepare_state_tokenizer_processor_step" in names and "tokenizer_processor" in names
+    for name, key, value, message in (
+        ("pi05_prepare_state_tokenizer_processor_step", "task_key", "prompt", "task_key 'prompt'"),
+        ("tokenizer_processor", "max_length", 7, "tokenizer settings"),
+    ):
+        edited = json.loads(original)
+        for step in edited["steps"]:
+            if step["registry_name"] == name:
+                step.setdefault("config", {})[key] = value
+        pre.write_text(json.dumps(edited))
+        with pytest.raises(ConfigError, match=message):
+            convert(src, tmp_path / "a")
+    edited = json.loads(original)
+    edited["steps"].insert(0, {"registry_name": "some_new_step", "config": {}})
+    pre.write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match="'some_new_step' is unknown to the pi05 converter"):
+        convert(src, tmp_path / "a")
+    pre.write_text(original)
     tensors = load_file(str(src / "model.safetensors"))
     tensors["model.state_proj.weight"] = torch.zeros(32, 8)
     save_file(tensors, str(src / "model.safetensors"))
