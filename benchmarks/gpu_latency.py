@@ -8,7 +8,7 @@ against the hardware floor. Meant for one GPU (``--device cuda``, under 8 minute
 
 Policies (random weights, random normalization stats): ACT (``configs/act.yaml``), Diffusion Policy
 with DDIM, 10 steps (``configs/diffusion_pusht.yaml``), GR00T N1.5 = eagle backbone + DiT flow head
-(``configs/groot_n15.yaml``), pi0 (``configs/pi0.yaml``); pi0.5 when a ``pi05`` head is registered.
+(``configs/groot_n15.yaml``), pi0 (``configs/pi0.yaml``), pi0.5 (``configs/pi05.yaml``).
 ``--tiny`` builds the same backbone / head pairs from their ``tiny_config`` instead. Text goes through
 a word-level tokenizer written to a temporary directory (the vocabulary size is the real one).
 
@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from vla_core import HEADS, VLAPolicy
+from vla_core import VLAPolicy
 from vla_core.testing import TASKS, random_batch, set_random_stats, tiny_policy_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +57,7 @@ FAMILIES = {
                          ("resnet_spatial_softmax", "unet_diffusion")),
     "groot_n15": ("groot_n15.yaml", {}, ("eagle", "dit_flow_matching")),
     "pi0": ("pi0.yaml", {}, ("paligemma", "pi0_flow")),
+    "pi05": ("pi05.yaml", {}, ("paligemma", "pi05_flow")),
 }
 TRAINED = ("act", "diffusion_ddim10", "pi0")
 
@@ -258,8 +259,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(families) - set(FAMILIES)
     if unknown:
         parser.error(f"--families: unknown {sorted(unknown)}; expected names from {list(FAMILIES)}")
-    if "pi05" in HEADS.names():
-        print("note: a pi05 head is registered, but this script does not build pi0.5 yet", file=sys.stderr)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
     peaks = device_peaks(args.device, args.tiny)
     print(f"{name}: copy bandwidth {peaks[0] / 1e9:.1f} GB/s, bf16 matmul {peaks[1] / 1e12:.2f} TFLOP/s; "

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_latency.py"
-FAMILIES = ("act", "diffusion_ddim10", "groot_n15", "pi0")
+FAMILIES = ("act", "diffusion_ddim10", "groot_n15", "pi0", "pi05")
 
 
 @pytest.mark.slow
@@ -64,6 +64,7 @@ def test_full_size_configs_build_on_the_meta_device(tmp_path):
         with torch.device("meta"):
             policy = VLAPolicy(module.policy_config(family, False, tmp_path))
         millions[family] = sum(p.numel() for p in policy.parameters()) / 1e6
-    # ACT ~52 M, Diffusion Policy (PushT) ~263 M, GR00T N1.5 with its LLM cut at layer 12 ~2.4 B, pi0 ~3.2 B
-    expected = {"act": 51.6, "diffusion_ddim10": 262.7, "groot_n15": 2398.3, "pi0": 3238.0}
+    # ACT ~52 M, Diffusion Policy (PushT) ~263 M, GR00T N1.5 with its LLM cut at layer 12 ~2.4 B, pi0 ~3.2 B,
+    # pi0.5 ~3.35 B (pi0 without the state projection, with the expert's adaptive-norm maps)
+    expected = {"act": 51.6, "diffusion_ddim10": 262.7, "groot_n15": 2398.3, "pi0": 3238.0, "pi05": 3353.4}
     assert millions == pytest.approx(expected, rel=1e-3), millions
