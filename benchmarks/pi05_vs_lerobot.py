@@ -22,16 +22,14 @@ Prints median seconds and the ratio ours / LeRobot.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import statistics
-import time
 
 import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.policies.pi05 import modeling_pi05
 from lerobot.policies.pi05.configuration_pi05 import PI05Config
 from lerobot.policies.pi05.modeling_pi05 import GemmaConfig, PI05Policy
+from pi0_vs_lerobot import compare, parse_args  # same directory: the shared timing harness
 from vla_core import VLAPolicy, apply_name_mapping
 from vla_train.convert.lerobot_pi05 import NAME_MAPPING, policy_config
 
@@ -102,73 +100,10 @@ def batch(b: int, vocab: int, seed: int) -> dict:
     }
 
 
-def timed(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--depth", type=int, default=2)
-    ap.add_argument("--vision-depth", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=4096)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__.splitlines()[0])
     theirs, ours = build(args)
-
-    infer = {k: v for k, v in batch(1, args.vocab, 0).items() if k != "action"}
-    noise = torch.randn(1, 50, 32, generator=torch.Generator().manual_seed(1))
-    noise[..., ACTION_DIM:] = 0.0
-    theirs.model.sample_noise = lambda shape, device: noise.clone()
-    theirs.eval(), ours.eval()
-    with torch.no_grad():
-        diff = (ours.predict_action_chunk(infer, noise=noise[..., :ACTION_DIM]) - theirs.predict_action_chunk(infer)).abs().max()
-    print(f"same weights, same noise: max |ours - lerobot| = {diff.item():.2e}")
-    del theirs.model.sample_noise
-
-    def run_ours():
-        with torch.no_grad():
-            ours.predict_action_chunk(infer, noise=noise[..., :ACTION_DIM])
-
-    def run_theirs():
-        with torch.no_grad():
-            theirs.predict_action_chunk(infer)
-
-    train = batch(2, args.vocab, 2)
-
-    opt_ours = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-5)
-    opt_theirs = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-5)
-
-    def step_ours():
-        ours.zero_grad(set_to_none=True)
-        ours(train).loss.backward()
-        opt_ours.step()
-
-    def step_theirs():
-        theirs.zero_grad(set_to_none=True)
-        theirs.forward(train)[0].backward()
-        opt_theirs.step()
-
-    results = {}
-    for name, (a, b, mode) in {"inference (batch 1)": (run_ours, run_theirs, "eval"),
-                               "train step (batch 2)": (step_ours, step_theirs, "train")}.items():
-        getattr(ours, mode)(), getattr(theirs, mode)()
-        a(), b()  # warm-up
-        ta, tb = [], []
-        for _ in range(args.repeats):  # interleaved, so load changes hit both alike
-            ta += timed(a, 1)
-            tb += timed(b, 1)
-        results[name] = (statistics.median(ta), statistics.median(tb))
-    print(f"pi0.5 vs LeRobot 0.6.1, CPU, {args.threads} threads, {args.depth}+{args.depth} Gemma layers, "
-          f"{args.vision_depth} SigLIP layers, full widths, vocab {args.vocab}, {args.repeats} repeats")
-    for name, (a, b) in results.items():
-        print(f"{name:22s} ours {a:7.3f} s   lerobot {b:7.3f} s   ratio {a / b:.3f}")
+    compare("pi0.5", args, theirs, ours, batch)
 
 
 if __name__ == "__main__":

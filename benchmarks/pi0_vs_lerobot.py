@@ -26,14 +26,12 @@ import statistics
 import time
 
 import torch
-
 from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
 from lerobot.policies.pi0 import modeling_pi0
 from lerobot.policies.pi0.configuration_pi0 import PI0Config
 from lerobot.policies.pi0.modeling_pi0 import GemmaConfig, PI0Policy
-
 from vla_core import VLAPolicy, apply_name_mapping
-from vla_train.convert.lerobot_pi0 import NAME_MAPPING, lerobot_tensors, policy_config
+from vla_train.convert.lerobot_pi0 import NAME_MAPPING, policy_config
 
 STATE_DIM = ACTION_DIM = 14
 CAMERA = "observation.images.top"
@@ -111,8 +109,8 @@ def timed(fn, repeats: int) -> list[float]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(description: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--vision-depth", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=4096)
@@ -120,9 +118,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    theirs, ours = build(args)
+    return args
 
-    infer = {k: v for k, v in batch(1, args.vocab, 0).items() if k != "action"}
+
+def compare(label: str, args: argparse.Namespace, theirs, ours, make_batch) -> None:
+    """Check both predict the same chunk from the same noise, then time inference (batch 1) and a train
+    step (batch 2), interleaved, and print medians and ratios. ``make_batch(b, vocab, seed)``."""
+    infer = {k: v for k, v in make_batch(1, args.vocab, 0).items() if k != "action"}
     noise = torch.randn(1, 50, 32, generator=torch.Generator().manual_seed(1))
     noise[..., ACTION_DIM:] = 0.0
     theirs.model.sample_noise = lambda shape, device: noise.clone()
@@ -140,7 +142,7 @@ def main() -> None:
         with torch.no_grad():
             theirs.predict_action_chunk(infer)
 
-    train = batch(2, args.vocab, 2)
+    train = make_batch(2, args.vocab, 2)
 
     opt_ours = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-5)
     opt_theirs = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-5)
@@ -165,10 +167,16 @@ def main() -> None:
             ta += timed(a, 1)
             tb += timed(b, 1)
         results[name] = (statistics.median(ta), statistics.median(tb))
-    print(f"pi0 vs LeRobot 0.6.1, CPU, {args.threads} threads, {args.depth}+{args.depth} Gemma layers, "
+    print(f"{label} vs LeRobot 0.6.1, CPU, {args.threads} threads, {args.depth}+{args.depth} Gemma layers, "
           f"{args.vision_depth} SigLIP layers, full widths, vocab {args.vocab}, {args.repeats} repeats")
     for name, (a, b) in results.items():
         print(f"{name:22s} ours {a:7.3f} s   lerobot {b:7.3f} s   ratio {a / b:.3f}")
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    theirs, ours = build(args)
+    compare("pi0", args, theirs, ours, batch)
 
 
 if __name__ == "__main__":
