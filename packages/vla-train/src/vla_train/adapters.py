@@ -260,14 +260,10 @@ def export_adapted(model: nn.Module, policy_config: dict[str, Any], config: Peft
     ``merge_on_export``, the merged policy to ``run_dir/pretrained``, which is returned (else None)."""
     from vla_core import build_policy
 
-    from vla_train.checkpoint import full_state_dict
+    from vla_train.checkpoint import exported_state
 
-    state = full_state_dict(model, sharded=sharded)
-    for name, value in (ema_shadow or {}).items():
-        full = value.full_tensor() if hasattr(value, "full_tensor") else value
-        if world.is_main:
-            state[name] = full.detach().cpu()
-    if not world.is_main:
+    state = exported_state(model, world=world, sharded=sharded, ema_shadow=ema_shadow)
+    if state is None:
         return None
     policy = apply_peft(build_policy(policy_config), config, base=config.base)
     policy.load_state_dict(state, strict=True)

@@ -405,6 +405,18 @@ def full_state_dict(model: nn.Module, *, sharded: bool) -> dict[str, torch.Tenso
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def exported_state(model: nn.Module, *, world: World, sharded: bool,
+                   ema_shadow: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
+    """The model's full state on CPU with the EMA weights (``ema_shadow``) in place of the trained ones,
+    on rank 0; None on the other ranks. All ranks call (gathering shards is collective)."""
+    state = full_state_dict(model, sharded=sharded)
+    for name, value in (ema_shadow or {}).items():
+        full = value.full_tensor() if hasattr(value, "full_tensor") else value
+        if world.is_main:
+            state[name] = full.detach().cpu()
+    return state if world.is_main else None
+
+
 def export_pretrained(
     model: nn.Module,
     policy_config: Any,
@@ -415,12 +427,8 @@ def export_pretrained(
     ema_shadow: dict[str, torch.Tensor] | None = None,
 ) -> Path | None:
     """``save_pretrained`` of the trained (or EMA) weights into ``directory``; all ranks call, rank 0 writes."""
-    state = full_state_dict(model, sharded=sharded)
-    for name, value in (ema_shadow or {}).items():
-        full = value.full_tensor() if hasattr(value, "full_tensor") else value
-        if world.is_main:
-            state[name] = full.detach().cpu()
-    if not world.is_main:
+    state = exported_state(model, world=world, sharded=sharded, ema_shadow=ema_shadow)
+    if state is None:
         return None
     policy = build_policy(policy_config)
     policy.load_state_dict(state, strict=True)

@@ -288,10 +288,17 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, tokenizer: str | 
     config = policy_config(lr, tensors, None if tokenizer is None else str(tokenizer))
     check_processors(src, lr, _field(lr, "normalization_mapping"), policy="pi0", known_steps=KNOWN_STEPS,
                      step_check=lambda where, name, cfg: check_step(where, name, cfg, lr))
+    return write_policy(src, lr, config, tensors, dst, NAME_MAPPING)
+
+
+def write_policy(src: Path, lr: dict[str, Any], config: dict[str, Any], tensors: dict[str, Any], dst: str | Path,
+                 name_mapping: dict[str, str]) -> Path:
+    """The converted policy: built from ``config``, LeRobot's statistics checked and set, the tensors
+    renamed by ``name_mapping`` and loaded strictly, saved to ``dst`` (the pi0 and pi0.5 converters)."""
     stats = read_lerobot_stats(src)
     check_stats(stats, config["normalization"], lr)
     policy = VLAPolicy(config)
     policy.normalizer.set_stats(stats)
     stats = {f"normalizer.{k}": v for k, v in policy.normalizer.state_dict().items()}
-    load_into(policy, {**tensors, **stats}, name_mapping=NAME_MAPPING, strict=True)
+    load_into(policy, {**tensors, **stats}, name_mapping=name_mapping, strict=True)
     return policy.save_pretrained(dst)

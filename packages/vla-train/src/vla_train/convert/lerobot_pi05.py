@@ -35,15 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from vla_core import CheckpointError, ConfigError, VLAPolicy, load_into
+from vla_core import CheckpointError, ConfigError
 
 from vla_train.convert.lerobot import (
     DEFAULT_STEPS,
     check_fields,
     check_processors,
-    check_stats,
     read_json,
-    read_lerobot_stats,
 )
 from vla_train.convert.lerobot_pi0 import (
     DEFAULTS as PI0_DEFAULTS,
@@ -58,6 +56,7 @@ from vla_train.convert.lerobot_pi0 import (
     flow_fields,
     lerobot_tensors,
     wrap_policy,
+    write_policy,
 )
 
 STATE_BINS = 256  # Pi05PrepareStateTokenizerProcessorStep: np.linspace(-1, 1, 256 + 1)
@@ -139,10 +138,4 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, tokenizer: str | 
     config = policy_config(lr, tensors, None if tokenizer is None else str(tokenizer))
     check_processors(src, lr, lr.get("normalization_mapping", DEFAULTS["normalization_mapping"]), policy="pi05",
                      known_steps=KNOWN_STEPS, step_check=lambda where, name, cfg: check_pi05_step(where, name, cfg, lr))
-    stats = read_lerobot_stats(src)
-    check_stats(stats, config["normalization"], lr)
-    policy = VLAPolicy(config)
-    policy.normalizer.set_stats(stats)
-    stats = {f"normalizer.{k}": v for k, v in policy.normalizer.state_dict().items()}
-    load_into(policy, {**tensors, **stats}, name_mapping=NAME_MAPPING, strict=True)
-    return policy.save_pretrained(dst)
+    return write_policy(src, lr, config, tensors, dst, NAME_MAPPING)
