@@ -197,3 +197,21 @@ def test_resize_with_pad_keeps_aspect_and_centres():
 def test_config_errors_name_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):
         build_backbone({**TINY_BACKBONE, field: value})
+
+
+def test_a_tower_trained_from_scratch_starts_from_siglips_initializer():
+    """Position embeddings at std 1/sqrt(width) (not 0.02: positions would be ~10x below the patch
+    content), LeCun-normal patches, Xavier attention / MLP, zero biases; Gemma's std 0.02 elsewhere,
+    widened for the narrow layers of a tiny model."""
+    model = tiny(vision_width=64, vision_num_heads=2, vision_mlp_dim=128)
+    emb = model.vision_tower.vision_model.embeddings
+    assert emb.position_embedding.weight.std().item() == pytest.approx(64**-0.5, rel=0.15)
+    fan_in = 3 * emb.patch_embedding.kernel_size[0] * emb.patch_embedding.kernel_size[1]
+    assert emb.patch_embedding.weight.std().item() == pytest.approx(fan_in**-0.5, rel=0.15)
+    attn = model.vision_tower.vision_model.encoder.layers[0].self_attn
+    assert attn.q_proj.weight.std().item() == pytest.approx((2 / (64 + 64)) ** 0.5, rel=0.15)
+    assert torch.count_nonzero(attn.q_proj.bias) == 0
+    width = model.config.width
+    q = model.language_model.layers[0].self_attn.q_proj.weight
+    assert q.std().item() == pytest.approx(max(0.02, width**-0.5), rel=0.15)
+    assert model.language_model.embed_tokens.weight.std().item() == pytest.approx(0.02, rel=0.15)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vla_core.gemma import AdaptiveRMSNorm, GemmaDecoderLayer, additive_bias, rope_cos_sin
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from vla_core.gemma import AdaptiveRMSNorm, GemmaDecoderLayer, additive_bias, init_linear, rope_cos_sin
 
 
 def test_adaptive_rmsnorm_scale_shift_gate():
@@ -48,3 +51,16 @@ def test_adaptive_layer_with_zero_modulation_and_unit_gate_equals_the_plain_laye
                            torch.float32)
     other = (torch.cat([past[0][:, :, :2] + 3, past[0][:, :, 2:]], 2), torch.cat([past[1][:, :, :2] - 3, past[1][:, :, 2:]], 2))
     torch.testing.assert_close(plain(x, cos, sin, masked, past_kv=past)[0], plain(x, cos, sin, masked, past_kv=other)[0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(fan_in=st.sampled_from([16, 64, 256, 2048, 16384]), bias=st.booleans())
+def test_init_linear_is_gemmas_std_at_full_width_and_wider_for_narrow_layers(fan_in, bias):
+    torch.manual_seed(0)
+    linear = nn.Linear(fan_in, 512, bias=bias)
+    init_linear(linear)
+    want = max(0.02, fan_in**-0.5)
+    assert linear.weight.std().item() == pytest.approx(want, rel=0.05)
+    assert abs(linear.weight.mean().item()) < 0.1 * want
+    if bias:
+        assert torch.count_nonzero(linear.bias) == 0

@@ -12,7 +12,7 @@ from vla_train.config import load_config
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = {"act", "diffusion_pusht", "groot_n15", "groot_tiny", "lerobot_act", "lerobot_diffusion", "pi0", "pi05",
-           "pi05_tiny", "pi0_tiny", "quickstart", "toy_flow"}
+           "pi05_tiny", "pi05_toy", "pi0_tiny", "quickstart", "toy_flow"}
 
 
 def test_the_configs_ship_inside_the_package_and_the_repo_path_still_works():

@@ -130,3 +130,29 @@ def test_two_target_variant_names_the_goal_in_the_instruction():
         assert ("red" if ds.goal[ep] == 0 else "blue") in ds[last][TASK]
     env = ds.make_env(3, seed=0)
     assert len(env.reset()[TASK]) == 3
+
+
+@settings(max_examples=15, deadline=None)
+@given(num_episodes=st.integers(1, 9), seed=st.integers(0, 100))
+def test_every_goal_demonstrates_each_layout_once_per_target(num_episodes, seed):
+    geo = ReachGeometry(image_size=16, num_targets=2, episode_length=20)
+    demos = demonstrations(num_episodes, seed, geo, every_goal=True)
+    t = geo.episode_length
+    start = demos["state"].reshape(num_episodes, t, 2)[:, 0]
+    last = demos["state"].reshape(num_episodes, t, 2)[:, -1]
+    np.testing.assert_array_equal(demos["goal"], np.arange(num_episodes) % 2)
+    for ep in range(0, num_episodes - 1, 2):  # a pair: same start and targets, the two goals
+        np.testing.assert_array_equal(start[ep], start[ep + 1])
+        np.testing.assert_array_equal(demos["targets"][ep], demos["targets"][ep + 1])
+    for ep in range(num_episodes):  # each episode ends at its own goal
+        goal = demos["targets"][ep, demos["goal"][ep]]
+        assert np.linalg.norm(last[ep] - goal) < geo.success_radius
+
+
+def test_every_goal_pairs_differ_only_in_the_instruction_and_actions():
+    ds = build_dataset({**TOY, "num_targets": 2, "every_goal": True})
+    first, second = ds[0], ds[ds.geo.episode_length]  # frame 0 of episodes 0 and 1
+    torch.testing.assert_close(first["observation.images.top"], second["observation.images.top"])
+    torch.testing.assert_close(first[OBS_STATE], second[OBS_STATE])
+    assert {first[TASK], second[TASK]} == {"reach the red target", "reach the blue target"}
+    assert not torch.equal(first[ACTION], second[ACTION])

@@ -104,6 +104,15 @@ def _export_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _toy_tokenizer(args: argparse.Namespace) -> int:
+    from vla_train.toy.tokenizer import save_toy_tokenizer
+
+    vocab = save_toy_tokenizer(args.dst, state_bins=args.state_bins)
+    print(f"wrote {args.dst} ({len(vocab)} words: the toy instructions, pi0.5's prompt words and "
+          f"{args.state_bins} state bins)")
+    return 0
+
+
 # Policy.compile's modes (vla_core.COMPILE_MODES; a test keeps them equal): a literal here, because
 # building the parser must not import torch.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -220,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--image-size", type=int, default=64)
     toy.add_argument("--png", action="store_true", help="store frames as PNG in parquet instead of mp4")
     toy.set_defaults(func=_export_toy)
+    toy_tok = kinds.add_parser("toy-tokenizer", help="write a word-level tokenizer for the toy task's instructions "
+                                                     "(and pi0.5's state prompt), for the language backbones")
+    toy_tok.add_argument("dst")
+    toy_tok.add_argument("--state-bins", type=int, default=256, help="bin numbers to know (discrete_state_bins)")
+    toy_tok.set_defaults(func=_toy_tokenizer)
     return parser
 
 

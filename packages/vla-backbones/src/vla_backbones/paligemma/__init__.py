@@ -6,6 +6,10 @@ from vla_backbones.paligemma.backbone import (
     PaliGemmaBackbone,
     PaliGemmaBackboneConfig,
 )
+from vla_backbones.paligemma.prompt import discretize_state, pi05_prompts, prompt_words
 from vla_backbones.paligemma.tokenizer import TaskTokenizer
 
-__all__ = ["LANGUAGE_MASK", "LANGUAGE_TOKENS", "PaliGemmaBackbone", "PaliGemmaBackboneConfig", "TaskTokenizer"]
+__all__ = [
+    "LANGUAGE_MASK", "LANGUAGE_TOKENS", "PaliGemmaBackbone", "PaliGemmaBackboneConfig", "TaskTokenizer",
+    "discretize_state", "pi05_prompts", "prompt_words",
+]

@@ -36,7 +36,7 @@ from vla_core import (
 )
 from vla_core.config import check_positive
 from vla_core.features import OBS_STATE, TASK
-from vla_core.gemma import GemmaDecoderLayer, RMSNorm, rope_cos_sin
+from vla_core.gemma import GemmaDecoderLayer, RMSNorm, init_linear, rope_cos_sin
 
 from vla_backbones.paligemma.images import to_siglip_range
 from vla_backbones.paligemma.layers import prefix_attention_bias
@@ -191,10 +191,34 @@ class GemmaPrefixModel(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
-    """Gemma's initializer (normal, std 0.02; zero biases) for a model trained without a checkpoint."""
-    if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+    """Gemma's initializer for a model trained without a checkpoint: embeddings normal with std 0.02,
+    linear layers :func:`vla_core.gemma.init_linear` (std 0.02, wider for narrow layers)."""
+    if isinstance(module, nn.Linear):
+        init_linear(module)
+    elif isinstance(module, (nn.Conv2d, nn.Embedding)):
         nn.init.normal_(module.weight, std=0.02)
         if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _init_siglip(tower: SiglipTower) -> None:
+    """SigLIP's own initializer for a vision tower trained without a checkpoint (what big_vision and
+    transformers' SigLIP use): LeCun-normal patch projection, position embeddings with std
+    ``1 / sqrt(width)``, Xavier-uniform attention and MLP weights, zero biases, unit LayerNorms.
+
+    Gemma's std 0.02 everywhere leaves the position embeddings about ten times below the patch
+    content, and a tower trained from scratch then learns where things are only slowly."""
+    width = tower.embeddings.position_embedding.weight.shape[1]
+    nn.init.normal_(tower.embeddings.position_embedding.weight, std=width**-0.5)
+    patch = tower.embeddings.patch_embedding
+    nn.init.trunc_normal_(patch.weight, std=(patch.in_channels * patch.kernel_size[0] * patch.kernel_size[1]) ** -0.5)
+    nn.init.zeros_(patch.bias)
+    for module in tower.encoder.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
 
@@ -226,6 +250,7 @@ class PaliGemmaBackbone(Backbone):
         self.language_model = GemmaPrefixModel(c)
         self.tokenizer = TaskTokenizer(c.tokenizer, c.max_token_len) if c.tokenizer else None
         self.apply(_init_weights)
+        _init_siglip(self.vision_tower.vision_model)
         if c.pretrained:
             from vla_backbones.paligemma.pretrained import load_paligemma_weights
 

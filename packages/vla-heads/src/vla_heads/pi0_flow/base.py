@@ -34,7 +34,7 @@ from vla_core import (
 )
 from vla_core.config import check_positive
 from vla_core.features import ACTION, ACTION_IS_PAD
-from vla_core.gemma import GemmaDecoderLayer, GemmaMLP, GemmaProjections, rope_cos_sin
+from vla_core.gemma import GemmaDecoderLayer, GemmaMLP, GemmaProjections, init_linear, rope_cos_sin
 
 from vla_heads.pi0_flow.expert import attention_bias
 from vla_heads.pi0_flow.flow import interpolate, sample_time
@@ -125,7 +125,7 @@ class ExpertFlowHead(FlowActionHead):
         for module in self.layers.modules():  # Gemma's initializer on attention and MLP; the rest keeps its own
             if isinstance(module, (GemmaProjections, GemmaMLP)):
                 for linear in module.children():
-                    nn.init.normal_(linear.weight, std=0.02)
+                    init_linear(linear)
         self.action_in_proj = nn.Linear(c.max_action_dim, c.width)
         self.action_out_proj = nn.Linear(c.width, c.max_action_dim)
 

@@ -19,7 +19,9 @@ IMAGE_KEY = "observation.images.top"
 
 @dataclass(frozen=True, kw_only=True)
 class ToyReachConfig(DatasetConfig):
-    """``num_targets=2`` draws a red and a blue target and names the goal in ``task``."""
+    """``num_targets=2`` draws a red and a blue target and names the goal in ``task``; ``every_goal``
+    demonstrates each drawn layout once per target (``num_episodes`` in all), so the instruction is the
+    only difference between those episodes."""
 
     num_episodes: int = 200
     episode_length: int = 30
@@ -28,6 +30,7 @@ class ToyReachConfig(DatasetConfig):
     max_speed: float = 0.08
     success_radius: float = 0.07
     expert_noise: float = 0.01
+    every_goal: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -51,7 +54,8 @@ class ToyReachDataset(EpisodeDataset):
         super().__init__()
         self.config = config
         self.geo = config.geometry()
-        demos = demonstrations(config.num_episodes, config.seed, self.geo, noise=config.expert_noise)
+        demos = demonstrations(config.num_episodes, config.seed, self.geo, noise=config.expert_noise,
+                               every_goal=config.every_goal)
         self.state, self.action = demos["state"], demos["action"]
         self.episode_index, self.targets, self.goal = demos["episode_index"], demos["targets"], demos["goal"]
         s = config.image_size

@@ -86,15 +86,24 @@ def render(agent: np.ndarray, targets: np.ndarray, geo: ReachGeometry) -> np.nda
     return np.ascontiguousarray(image.transpose(0, 3, 1, 2))
 
 
-def demonstrations(num_episodes: int, seed: int, geo: ReachGeometry, noise: float = 0.0) -> dict[str, np.ndarray]:
+def demonstrations(num_episodes: int, seed: int, geo: ReachGeometry, noise: float = 0.0, *,
+                   every_goal: bool = False) -> dict[str, np.ndarray]:
     """Expert episodes of ``episode_length`` frames each, as flat frame arrays.
 
     Returns ``state`` (N, 2) agent positions, ``action`` (N, 2), ``episode_index`` (N,),
     ``targets`` (E, K, 2) and ``goal`` (E,), with N = E * episode_length. ``noise`` perturbs the
-    executed motion (not the labels), so the demonstrations show recoveries.
+    executed motion (not the labels), so the demonstrations show recoveries. ``every_goal``: each drawn
+    layout is demonstrated once per target (episodes ``k * K .. k * K + K - 1`` share a start and
+    targets and have goals ``0 .. K - 1``), so only the instruction tells those episodes apart.
     """
     rng = np.random.default_rng(seed)
-    agent, targets, goal = sample_layout(rng, num_episodes, geo)
+    if every_goal:
+        k = geo.num_targets
+        agent, targets, _ = sample_layout(rng, -(-num_episodes // k), geo)
+        agent, targets = np.repeat(agent, k, 0)[:num_episodes], np.repeat(targets, k, 0)[:num_episodes]
+        goal = np.tile(np.arange(k), len(agent))[:num_episodes]
+    else:
+        agent, targets, goal = sample_layout(rng, num_episodes, geo)
     goal_pos = targets[np.arange(num_episodes), goal]
     states, actions = [], []
     for _ in range(geo.episode_length):
