@@ -1,6 +1,6 @@
 """The pi0.5 toy run with language (configs/pi05_toy.yaml, benchmarks/pi05_toy.py), test-sized.
 
-The full run (12000 steps, see benchmarks/README.md) is a benchmark; here the script runs end to end
+The full run (8000 steps, see benchmarks/README.md) is a benchmark; here the script runs end to end
 on a shortened config: it writes the toy tokenizer, trains, exports and evaluates twice (the real
 instructions and the swapped ones), and the exported policy reads its task strings through that
 tokenizer.
