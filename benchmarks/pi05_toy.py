@@ -54,13 +54,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)
     from vla_core import load_policy
     from vla_train.config import load_config
-    from vla_train.eval import evaluate, load_eval_env_factory, rollout
+    from vla_train.eval import load_eval_env_factory, run_episodes
     from vla_train.toy.tokenizer import save_toy_tokenizer
     from vla_train.trainer import train
 
@@ -72,15 +71,14 @@ def main() -> None:
     start = time.perf_counter()
     run = train(config)
     trained = time.perf_counter() - start
-    result = evaluate(run, episodes=args.episodes, seed=args.seed)
     policy = load_policy(run / "pretrained")
     make_env = load_eval_env_factory(run / "pretrained")
-    swapped = np.concatenate([  # the same layouts as evaluate's (seed + episodes done, 50 per batch)
-        rollout(policy, SwappedInstructions(make_env(min(50, args.episodes - done), args.seed + done)))[0]
-        for done in range(0, args.episodes, 50)])
+    success, _ = run_episodes(policy, make_env, episodes=args.episodes, seed=args.seed)
+    swapped, _ = run_episodes(policy, lambda n, seed: SwappedInstructions(make_env(n, seed)),  # the same layouts
+                              episodes=args.episodes, seed=args.seed)
     print(f"\n{datetime.date.today()}, configs/pi05_toy.yaml {' '.join(args.overrides)}: {config.steps} steps, "
           f"batch {config.batch_size}, {trained:.0f} s training ({args.threads} thread(s))")
-    print(f"success_rate: {result['success_rate']:.3f} ({args.episodes} episodes, seed {args.seed}); "
+    print(f"success_rate: {success.mean():.3f} ({args.episodes} episodes, seed {args.seed}); "
           f"with the instructions swapped: {swapped.mean():.3f}")
 
 

@@ -15,10 +15,10 @@ from vla_train.toy.tokenizer import save_toy_tokenizer, toy_instructions
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
+def tokenizer(tmp_path_factory):
     directory = tmp_path_factory.mktemp("toy_tokenizer")
     save_toy_tokenizer(directory)
-    return directory
+    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
 
 
 def test_the_instructions_are_the_envs():
@@ -28,8 +28,8 @@ def test_the_instructions_are_the_envs():
 @settings(max_examples=40, deadline=None)
 @given(state=st.lists(st.floats(-1.5, 1.5, allow_nan=False), min_size=1, max_size=6),
        task=st.sampled_from(toy_instructions()))
-def test_every_pi05_prompt_of_the_toy_task_is_known_words(tokenizer_dir, state, task):
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+def test_every_pi05_prompt_of_the_toy_task_is_known_words(tokenizer, state, task):
+    tok = tokenizer
     prompt = pi05_prompts([task], torch.tensor([state]), 256)[0]
     ids = tok(prompt)["input_ids"]
     assert ids[0] == tok.bos_token_id
@@ -38,9 +38,8 @@ def test_every_pi05_prompt_of_the_toy_task_is_known_words(tokenizer_dir, state, 
     assert task.split()[2] in words  # the colour reaches the model
 
 
-def test_the_colours_get_different_ids(tokenizer_dir):
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    red, blue = (tok(t)["input_ids"] for t in toy_instructions())
+def test_the_colours_get_different_ids(tokenizer):
+    red, blue = (tokenizer(t)["input_ids"] for t in toy_instructions())
     assert red != blue and len(red) == len(blue)
 
 

@@ -52,6 +52,20 @@ def rollout(policy: Policy, env, *, record: bool = False) -> tuple[np.ndarray, l
     return success, frames
 
 
+def run_episodes(policy: Policy, make_env: Callable[[int, int], Any], *, episodes: int, seed: int,
+                 batch_size: int = 50, record: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``episodes`` closed-loop episodes in batches of ``batch_size``; the batch that starts after ``done``
+    episodes runs in ``make_env(n, seed + done)``. Returns success (episodes,) bool and, if ``record``, the
+    frames of the first episode."""
+    results, frames = [], []
+    for done in range(0, episodes, batch_size):
+        success, shot = rollout(policy, make_env(min(batch_size, episodes - done), seed + done),
+                                record=record and done == 0)
+        results.append(success)
+        frames = frames or shot
+    return np.concatenate(results) if results else np.zeros(0, dtype=bool), frames
+
+
 def load_eval_env_factory(policy_dir: Path) -> Callable[[int, int], Any]:
     """``make_env(num_envs, seed)`` of the task named by ``policy_dir/train_config.yaml``."""
     spec_path = policy_dir / "train_config.yaml"
@@ -78,15 +92,8 @@ def evaluate(path: str | Path, *, episodes: int, seed: int = 100_000, batch_size
     policy = load_policy(policy_dir)
     if compile_mode is not None:
         policy.compile(compile_mode)
-    results, frames = [], []
-    done = 0
-    while done < episodes:
-        n = min(batch_size, episodes - done)
-        success, shot = rollout(policy, make_env(n, seed + done), record=save_video and done == 0)
-        results.append(success)
-        frames = frames or shot
-        done += n
-    success = np.concatenate(results)
+    success, frames = run_episodes(policy, make_env, episodes=episodes, seed=seed, batch_size=batch_size,
+                                   record=save_video)
     out = {"episodes": int(episodes), "successes": int(success.sum()), "success_rate": float(success.mean()),
            "seed": seed, "policy": str(policy_dir)}
     (policy_dir / "eval.json").write_text(json.dumps(out, indent=2))
