@@ -190,20 +190,23 @@ class GemmaPrefixModel(nn.Module):
         return (self.norm(x) if full else None), tuple(kv)
 
 
-def _init_gemma(module: nn.Module) -> None:
-    """Gemma's initializer for the projector and language model trained without a checkpoint: embeddings
-    normal with std 0.02, linear layers :func:`vla_core.gemma.init_linear` (std 0.02, wider for narrow layers)."""
+def _init_weights(module: nn.Module) -> None:
+    """Gemma's initializer for a model trained without a checkpoint: embeddings normal with std 0.02,
+    linear layers :func:`vla_core.gemma.init_linear` (std 0.02, wider for narrow layers)."""
     if isinstance(module, nn.Linear):
         init_linear(module)
-    elif isinstance(module, nn.Embedding):
+    elif isinstance(module, (nn.Conv2d, nn.Embedding)):
         nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
 
 
 def _init_siglip(tower: SiglipTower) -> None:
     """SigLIP's own initializer for a vision tower trained without a checkpoint (what big_vision and
     transformers' SigLIP use): LeCun-normal patch projection, position embeddings with std
     ``1 / sqrt(width)``, Xavier-uniform attention and MLP weights, zero biases (LayerNorms keep torch's
-    ones and zeros).
+    ones and zeros). It redraws the tower after ``_init_weights``; the order of draws is kept so that a
+    seed gives the initial weights the recorded pi05_toy run started from.
 
     Gemma's std 0.02 everywhere leaves the position embeddings about ten times below the patch
     content, and a tower trained from scratch then learns where things are only slowly."""
@@ -245,9 +248,8 @@ class PaliGemmaBackbone(Backbone):
         self.multi_modal_projector = MultiModalProjector(c.vision_width, c.width)
         self.language_model = GemmaPrefixModel(c)
         self.tokenizer = TaskTokenizer(c.tokenizer, c.max_token_len) if c.tokenizer else None
+        self.apply(_init_weights)
         _init_siglip(self.vision_tower.vision_model)
-        self.multi_modal_projector.apply(_init_gemma)
-        self.language_model.apply(_init_gemma)
         if c.pretrained:
             from vla_backbones.paligemma.pretrained import load_paligemma_weights
 
